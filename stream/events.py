@@ -1,0 +1,142 @@
+"""The input event schema: raw Kafka bytes in, a validated :class:`Event` or a reason out.
+
+Validation never raises past :func:`parse_event`'s contract: every malformed record becomes
+an :class:`InvalidEvent` whose message is the dead-letter reason, so the worker keeps going.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+
+from stream.config import EVENT_KINDS, LimitSettings, WindowSettings
+
+__all__ = ["Event", "InvalidEvent", "parse_event", "parse_ts_ms"]
+
+
+class InvalidEvent(ValueError):
+    """A record that cannot be applied; ``str(exc)`` is the dead-letter reason."""
+
+
+@dataclass(slots=True, frozen=True)
+class Event:
+    """One validated interaction. ``ts_ms`` is event time (epoch ms, UTC)."""
+
+    user_id: str
+    item_id: str
+    ts_ms: int
+    kind: int  # index into EVENT_KINDS
+    source: str  # "topic:partition" the record came from
+    offset: int
+    text: str | None = None
+    value: float | None = None
+    event_id: str | None = None
+
+
+def parse_ts_ms(ts: object) -> int:
+    """Epoch milliseconds (int/float) or an RFC 3339 string → epoch ms."""
+    if isinstance(ts, bool):
+        raise InvalidEvent("ts must be epoch milliseconds or an RFC 3339 string, got bool")
+    if isinstance(ts, (int, float)):
+        if not math.isfinite(ts):
+            raise InvalidEvent("ts is not finite")
+        return int(ts)
+    if isinstance(ts, str):
+        try:
+            parsed = datetime.fromisoformat(ts.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise InvalidEvent(f"ts is not RFC 3339: {ts[:40]!r}") from None
+        if parsed.tzinfo is None:
+            raise InvalidEvent("ts needs a timezone offset (RFC 3339)")
+        return int(parsed.timestamp() * 1000)
+    raise InvalidEvent(f"ts must be epoch milliseconds or an RFC 3339 string, got {type(ts).__name__}")
+
+
+@lru_cache(maxsize=8)
+def _min_ts_ms(min_ts: str) -> int:
+    return parse_ts_ms(min_ts)
+
+
+def _id(obj: dict, field: str, limits: LimitSettings) -> str:
+    value = obj.get(field)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # tolerate numeric ids; they are compared as strings
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{field} must be a string" if value is not None else f"missing {field}")
+    if not value or not value.strip():
+        raise InvalidEvent(f"{field} is empty")
+    if len(value) > limits.max_id_chars:
+        raise InvalidEvent(f"{field} longer than {limits.max_id_chars} characters")
+    return value
+
+
+def parse_event(
+    payload: bytes | None,
+    *,
+    key: bytes | None,
+    kind: str,
+    source: str,
+    offset: int,
+    now_ms: int,
+    limits: LimitSettings,
+    windows: WindowSettings,
+) -> Event:
+    """Validate one input record; raise :class:`InvalidEvent` with the reason otherwise.
+
+    The record key must equal ``user_id``: inputs are co-partitioned by user, and a
+    mis-keyed record would land on a worker that does not own the user.
+    """
+    if payload is None:
+        raise InvalidEvent("empty value")
+    if len(payload) > limits.max_payload_bytes:
+        raise InvalidEvent(f"payload larger than {limits.max_payload_bytes} bytes")
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"malformed JSON: {str(exc).splitlines()[0][:120]}") from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"value must be a JSON object, got {type(obj).__name__}")
+
+    user_id = _id(obj, "user_id", limits)
+    item_id = _id(obj, "item_id", limits)
+    key_text = key.decode("utf-8", "replace") if key is not None else None
+    if key_text != user_id:
+        raise InvalidEvent("record key must equal user_id")
+    if "ts" not in obj:
+        raise InvalidEvent("missing ts")
+    ts_ms = parse_ts_ms(obj["ts"])
+    min_ms = _min_ts_ms(windows.min_ts)
+    if ts_ms < min_ms or ts_ms > now_ms + windows.max_future_s * 1000:
+        raise InvalidEvent(f"absurd timestamp {ts_ms} ms")
+
+    text = obj.get("text")
+    if text is not None:
+        if not isinstance(text, str):
+            raise InvalidEvent("text must be a string")
+        if len(text) > limits.max_text_chars:
+            raise InvalidEvent(f"text longer than {limits.max_text_chars} characters")
+    value = obj.get("value")
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InvalidEvent("value must be a finite number")
+        value = float(value)
+    event_id = obj.get("event_id")
+    if event_id is not None:
+        if not isinstance(event_id, str) or not event_id or len(event_id) > limits.max_id_chars:
+            raise InvalidEvent(f"event_id must be a non-empty string of at most {limits.max_id_chars} characters")
+
+    return Event(
+        user_id=user_id,
+        item_id=item_id,
+        ts_ms=ts_ms,
+        kind=EVENT_KINDS.index(kind),
+        source=source,
+        offset=offset,
+        text=text or None,
+        value=value,
+        event_id=event_id,
+    )

@@ -1,0 +1,208 @@
+"""One window flush: closed user windows → profiles in one LMDB transaction → top-K.
+
+This is the single scoring path: the Faust worker calls :meth:`Processor.flush` and so does
+the replay tool. Commit order, which is what makes a profile count every event exactly once
+although Kafka delivers at least once:
+
+1. one LMDB write transaction stores every touched profile together with, per user and input
+   partition, the highest offset applied (``ProfileRecord.applied``), plus seen items,
+   counters and the partition positions;
+2. the transaction commits;
+3. only then does the caller send recommendations and ack the Kafka records.
+
+A crash before 2 leaves the records un-acked, so Kafka redelivers them; a crash after 2
+redelivers records whose offsets are already in ``applied``, and they are skipped.
+Must run on one thread per store (LMDB's single writer); the worker uses one executor thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from store import HistoryEntry, LmdbStore, ProfileRecord
+from stream.catalog import Catalogue
+from stream.config import EVENT_KINDS, Settings
+from stream.events import Event
+from stream.profile import apply_events
+from stream.ranking import blend_queries, explain, score, top_k
+from stream.windows import UserWindow
+
+__all__ = ["FlushResult", "Processor", "TextEncoder"]
+
+log = logging.getLogger(__name__)
+
+
+class TextEncoder(Protocol):
+    dim: int
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+@dataclass(slots=True)
+class FlushResult:
+    """What a flush did; ``rejected`` events go to the dead-letter topic with their reason."""
+
+    recommendations: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[tuple[Event, str]] = field(default_factory=list)
+    applied: int = 0
+    duplicates: int = 0
+    users: int = 0
+
+
+class Processor:
+    """Applies windows to profiles and ranks the catalogue for the users they touched."""
+
+    def __init__(
+        self, settings: Settings, store: LmdbStore, catalogue: Catalogue, encoder: TextEncoder | None = None
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.catalogue = catalogue
+        self.encoder = encoder
+        self.horizons = list(settings.profile.half_lives_s)
+        self.half_lives_ms = np.array([settings.profile.half_lives_s[h] * 1000.0 for h in self.horizons])
+        self.blend = np.array([settings.ranking.blend.get(h, 0.0) for h in self.horizons])
+        self.kind_weights = np.array([settings.profile.kind_weights[k] for k in EVENT_KINDS])
+        self.lateness_ms = int(settings.windows.allowed_lateness_s * 1000)
+
+    def new_profile(self, user_id: str) -> ProfileRecord:
+        return ProfileRecord(
+            user_id=user_id,
+            vectors=np.zeros((len(self.horizons), self.catalogue.dim), np.float32),
+            weights=np.zeros(len(self.horizons), np.float64),
+            last_ts_ms=0,
+            event_count=0,
+            version=0,
+            applied={},
+            history=[],
+            kind_counts=[0] * len(EVENT_KINDS),
+            updated_ms=0,
+        )
+
+    def _text_vectors(self, windows: list[UserWindow[Any]]) -> dict[str, np.ndarray]:
+        """Embed the texts of events whose item is unknown: one encoder call per flush."""
+        texts = sorted(
+            {e.text for w in windows for e in w.events if e.item_id not in self.catalogue and e.text}
+        )
+        if not texts or self.encoder is None:
+            return {}
+        return dict(zip(texts, self.encoder.encode(texts)))
+
+    def flush(self, windows: list[UserWindow[Any]], now_ms: int, recommend: bool = True) -> FlushResult:
+        """Apply ``windows`` in one transaction; rank for the users it changed if ``recommend``."""
+        result = FlushResult()
+        if not windows:
+            return result
+        text_vectors = self._text_vectors(windows)
+        history_len = self.settings.store.history_len
+        updated: list[ProfileRecord] = []
+        seen: dict[str, set[str]] = {}
+        kinds: Counter[str] = Counter()
+        positions: dict[str, int] = {}
+
+        with self.store.write() as txn:
+            profiles = txn.get_profiles([w.user_id for w in windows])
+            for window in windows:
+                rec = profiles.get(window.user_id) or self.new_profile(window.user_id)
+                applied = dict(rec.applied)
+                vectors, weights, ts, items = [], [], [], []
+                for event in sorted(window.events, key=lambda e: (e.source, e.offset)):
+                    positions[event.source] = max(positions.get(event.source, -1), event.offset)
+                    if event.offset <= applied.get(event.source, -1):
+                        result.duplicates += 1
+                        continue
+                    applied[event.source] = event.offset
+                    if rec.last_ts_ms and event.ts_ms < rec.last_ts_ms - self.lateness_ms:
+                        late_s = (rec.last_ts_ms - event.ts_ms) / 1000
+                        result.rejected.append((event, f"late event: {late_s:.0f} s older than the user's newest"))
+                        continue
+                    row = self.catalogue.index.get(event.item_id)
+                    if row is not None:
+                        vectors.append(self.catalogue.matrix[row])
+                    elif event.text and event.text in text_vectors:
+                        vectors.append(text_vectors[event.text])
+                    else:
+                        result.rejected.append((event, f"unknown item {event.item_id!r} and no text to encode"))
+                        continue
+                    weights.append(self.kind_weights[event.kind])
+                    ts.append(event.ts_ms)
+                    items.append(event)
+                if applied == rec.applied:
+                    continue  # nothing new for this user (all duplicates)
+                rec.applied = applied
+                if items:
+                    rec.vectors, rec.weights, rec.last_ts_ms = apply_events(
+                        rec.vectors, rec.weights, rec.last_ts_ms,
+                        np.vstack(vectors), np.asarray(weights), np.asarray(ts, np.int64), self.half_lives_ms,
+                    )
+                    rec.history = sorted(
+                        rec.history + [HistoryEntry(e.item_id, e.ts_ms, e.kind) for e in items],
+                        key=lambda h: h.ts_ms,
+                    )[-history_len:]
+                    for e in items:
+                        rec.kind_counts[e.kind] += 1
+                        kinds[EVENT_KINDS[e.kind]] += 1
+                    rec.event_count += len(items)
+                    rec.version += 1
+                    txn.add_seen(rec.user_id, {e.item_id for e in items})
+                rec.updated_ms = now_ms
+                txn.put_profile(rec)
+                if items:
+                    updated.append(rec)
+                    if recommend and self.settings.ranking.exclude_seen:
+                        seen[rec.user_id] = txn.get_seen(rec.user_id)
+                result.applied += len(items)
+            for source, offset in positions.items():
+                topic, partition = source.rsplit(":", 1)
+                txn.put_offset(topic, int(partition), offset)
+            for kind, n in kinds.items():
+                txn.incr(f"events.{kind}", n)
+            if result.duplicates:
+                txn.incr("events.duplicates_skipped", result.duplicates)
+        result.users = len(updated)
+        if recommend:
+            result.recommendations = self.recommend(updated, seen)
+        return result
+
+    def score(self, profiles: list[ProfileRecord], seen: dict[str, set[str]]) -> np.ndarray:
+        """(U, N) scores over catalogue rows for each profile, seen items at -inf.
+
+        The one scoring function: the worker takes its top-K, replay the target's rank.
+        """
+        queries = blend_queries(np.stack([p.vectors for p in profiles]), self.blend)
+        exclude = [self.catalogue.indices(seen.get(p.user_id, set())) for p in profiles]
+        return score(queries, self.catalogue.matrix, exclude)
+
+    def recommend(self, profiles: list[ProfileRecord], seen: dict[str, set[str]]) -> list[dict[str, Any]]:
+        """Top-K with ``because`` items for each profile; one matrix product for all."""
+        if not profiles or len(self.catalogue) == 0:
+            return []
+        catalogue = self.catalogue
+        matrix = catalogue.matrix
+        best, scores = top_k(self.score(profiles, seen), self.settings.ranking.k)
+        out = []
+        for p, rows, row_scores in zip(profiles, best, scores):
+            keep = rows >= 0
+            rows, row_scores = rows[keep], row_scores[keep]
+            history_ids = list(dict.fromkeys(h.item_id for h in reversed(p.history) if h.item_id in catalogue))
+            because = explain(
+                matrix[rows], matrix[catalogue.indices(history_ids)], history_ids, self.settings.ranking.because
+            )
+            out.append(
+                {
+                    "user_id": p.user_id,
+                    "ts": p.last_ts_ms,
+                    "items": [
+                        {"item_id": catalogue.ids[r], "score": round(float(s), 6), "because": b}
+                        for r, s, b in zip(rows, row_scores, because)
+                    ],
+                    "event_count": p.event_count,
+                    "profile_version": p.version,
+                }
+            )
+        return out
