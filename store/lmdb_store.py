@@ -39,6 +39,9 @@ transaction, transparently; the block's code does not run twice. Each write bloc
 its puts and deletes for that purpose (references to bytes already built; released at the
 end of the block). Nothing is ever committed half-way and nothing is dropped: if the map
 cannot grow (see ``max_map_size_mb``), the block raises :class:`StoreError` and commits nothing.
+Growing needs no read transaction open in this process: growth before a block is skipped
+while readers are open, and growth on a full map waits up to 30 s for them. A read-only
+store in another process (``recstream inspect``) adopts the new size on its next read.
 """
 
 from __future__ import annotations
@@ -228,12 +231,19 @@ class LmdbStore:
         beyond the data, so a reopened store may grow again on its first write.
     :param readonly: open for reading only; :meth:`write` then raises :class:`StoreError`.
     :param max_map_size_mb: growth stops here; a write that needs more raises StoreError.
+    :param durable: fsync on every commit (default). ``False`` is for scratch stores (replay):
+        a crash may then lose recent commits, so never use it where offsets are kept.
     :raises StoreError: the path cannot be created or opened (permissions, read-only file
         system, not a recstream store, newer schema).
     """
 
     def __init__(
-        self, path: Path, map_size_mb: int = 1024, readonly: bool = False, max_map_size_mb: int = 1 << 20
+        self,
+        path: Path,
+        map_size_mb: int = 1024,
+        readonly: bool = False,
+        max_map_size_mb: int = 1 << 20,
+        durable: bool = True,
     ) -> None:
         self.path = Path(path)
         self.readonly = readonly
@@ -249,7 +259,7 @@ class LmdbStore:
             self._env = lmdb.open(
                 str(self.path), map_size=max(1, map_size_mb) * _MB, max_dbs=len(DB_NAMES) + 2,
                 subdir=True, readonly=readonly, lock=True, writemap=False, map_async=False,
-                sync=True, metasync=True, create=not readonly,
+                sync=durable, metasync=durable, create=not readonly,
             )
         except (OSError, lmdb.Error) as exc:
             raise StoreError(f"cannot open LMDB store at {self.path}: {_one_line(exc)}") from None

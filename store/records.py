@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, fields
+from itertools import accumulate
 
 import numpy as np
 import orjson
@@ -284,16 +285,17 @@ def _read_history(r: _Reader) -> list[HistoryEntry]:
     flags = r.u8()
     if flags & ~3:
         raise RecordError(f"bad history flags {flags:#x} in {r.what} record")
-    lens = r.array("<u2" if flags & 1 else "u1", n)
-    ends = np.cumsum(lens, dtype=np.int64).tolist()
-    blob = bytes(r.take(ends[-1]))
+    lens = struct.unpack(f"<{n}{'H' if flags & 1 else 'B'}", r.take(n * (2 if flags & 1 else 1)))
+    ends = list(accumulate(lens))
+    blob = r.take(ends[-1]).tobytes()
     ts0 = r.i64()
-    deltas = r.array("<i8" if flags & 2 else "<i4", n - 1).astype(np.int64)
-    ts = np.concatenate(([ts0], ts0 + np.cumsum(deltas))).tolist()
-    kinds = r.array("u1", n).tolist()
+    deltas = struct.unpack(f"<{n - 1}{'q' if flags & 2 else 'i'}", r.take((n - 1) * (8 if flags & 2 else 4)))
+    ts = list(accumulate(deltas, initial=ts0))
+    if min(ts) < -(2**63) or max(ts) >= 2**63:  # undo int64 wrap-around of the encoder's diff
+        ts = [(t + 2**63) % 2**64 - 2**63 for t in ts]
+    kinds = r.take(n).tobytes()
     try:
-        starts = [0, *ends[:-1]]
-        ids = [blob[s:e].decode("utf-8") for s, e in zip(starts, ends)]
+        ids = [blob[s:e].decode("utf-8") for s, e in zip((0, *ends), ends)]
     except UnicodeDecodeError:
         raise RecordError(f"invalid UTF-8 in {r.what} history") from None
     return [HistoryEntry(i, t, k) for i, t, k in zip(ids, ts, kinds)]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -84,6 +84,29 @@ class Processor:
             updated_ms=0,
         )
 
+    def embedding(self, event: Event, text_vectors: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The vector an event contributes: its item's, else its text's, else None (rejected)."""
+        row = self.catalogue.index.get(event.item_id)
+        if row is not None:
+            return self.catalogue.matrix[row]
+        if event.text and event.text in text_vectors:
+            return text_vectors[event.text]
+        return None
+
+    def fold(self, rec: ProfileRecord, event: Event) -> ProfileRecord:
+        """A copy of ``rec`` with one known-item event applied (what a flush would store).
+
+        Replay uses it to rank each event against the exact state just before it.
+        """
+        vector = self.embedding(event, {})
+        if vector is None:
+            return rec
+        vectors, weights, last = apply_events(
+            rec.vectors, rec.weights, rec.last_ts_ms, vector[None, :],
+            self.kind_weights[event.kind : event.kind + 1], np.array([event.ts_ms], np.int64), self.half_lives_ms,
+        )
+        return replace(rec, vectors=vectors, weights=weights, last_ts_ms=last)
+
     def _text_vectors(self, windows: list[UserWindow[Any]]) -> dict[str, np.ndarray]:
         """Embed the texts of events whose item is unknown: one encoder call per flush."""
         texts = sorted(
@@ -121,14 +144,11 @@ class Processor:
                         late_s = (rec.last_ts_ms - event.ts_ms) / 1000
                         result.rejected.append((event, f"late event: {late_s:.0f} s older than the user's newest"))
                         continue
-                    row = self.catalogue.index.get(event.item_id)
-                    if row is not None:
-                        vectors.append(self.catalogue.matrix[row])
-                    elif event.text and event.text in text_vectors:
-                        vectors.append(text_vectors[event.text])
-                    else:
+                    vector = self.embedding(event, text_vectors)
+                    if vector is None:
                         result.rejected.append((event, f"unknown item {event.item_id!r} and no text to encode"))
                         continue
+                    vectors.append(vector)
                     weights.append(self.kind_weights[event.kind])
                     ts.append(event.ts_ms)
                     items.append(event)
@@ -174,8 +194,12 @@ class Processor:
 
         The one scoring function: the worker takes its top-K, replay the target's rank.
         """
-        queries = blend_queries(np.stack([p.vectors for p in profiles]), self.blend)
         exclude = [self.catalogue.indices(seen.get(p.user_id, set())) for p in profiles]
+        return self.score_rows(profiles, exclude)
+
+    def score_rows(self, profiles: list[ProfileRecord], exclude: list[np.ndarray]) -> np.ndarray:
+        """:meth:`score` with the exclusions already as catalogue row indices."""
+        queries = blend_queries(np.stack([p.vectors for p in profiles]), self.blend)
         return score(queries, self.catalogue.matrix, exclude)
 
     def recommend(self, profiles: list[ProfileRecord], seen: dict[str, set[str]]) -> list[dict[str, Any]]:

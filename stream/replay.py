@@ -7,9 +7,10 @@ Protocols:
 * ``prequential``: test-then-train on every event.
 
 Both run as one pass in event-time order, so nothing from the future reaches a profile or
-a baseline: an evaluated event is ranked against the state before it, then applied. Events
-are applied in chunks (one LMDB transaction each, as the worker's flushes); a chunk is cut
-before an evaluated event whose user already appears in it, so the user's state is exact.
+a baseline: an evaluated event is ranked against the state just before it, then applied.
+Events are stored in chunks through :meth:`Processor.flush` (one LMDB transaction each, like
+the worker's flushes); inside a chunk each user's state is advanced event by event with
+:meth:`Processor.fold`, the same maths, so every evaluation sees exactly its prefix.
 """
 
 from __future__ import annotations
@@ -115,59 +116,56 @@ def run_replay(
     applied_until = -(2**63)  # newest event time applied to any state so far
 
     with tempfile.TemporaryDirectory(prefix="recstream-replay-") as tmp:
-        store = LmdbStore(Path(tmp) / "store.lmdb", map_size_mb=settings.store.map_size_mb)
+        store = LmdbStore(Path(tmp) / "store.lmdb", map_size_mb=settings.store.map_size_mb, durable=False)
         processor = Processor(settings, store, catalogue, encoder)
 
         def process(chunk: list[int]) -> None:
             nonlocal skipped, applied_until
-            evals = []  # (event index, role, target row)
-            for i in chunk:
+            eval_users = {events[i].user_id for i in chunk if i in roles}
+            with store.read() as txn:
+                stored = txn.get_profiles(eval_users)
+            state = {u: stored.get(u) or processor.new_profile(u) for u in eval_users}
+            snapshots, excludes, targets, evaluated = [], [], [], []
+            for i in chunk:  # sequential test-then-train, exact per event
                 e = events[i]
-                role = roles.get(i)
-                row = catalogue.index.get(e.item_id)
+                user, role, row = e.user_id, roles.get(i), catalogue.index.get(e.item_id)
                 if role is not None:
-                    if row is None or row in seen_rows[e.user_id]:
-                        skipped += 1
-                    else:
-                        evals.append((i, role, row))
-            if evals:
-                users = [events[i].user_id for i, _, _ in evals]
-                with store.read() as txn:
-                    stored = txn.get_profiles(users)
-                    seen = {u: txn.get_seen(u) for u in users}
-                profiles = [stored.get(u) or processor.new_profile(u) for u in users]
-                scores = processor.score(profiles, seen)
-                targets = np.array([row for _, _, row in evals])
-                ranks = rank_of_targets(scores, targets)
-                top = np.argsort(-scores, axis=1)[:, :k]
-                for (i, role, _), rank, row_top in zip(evals, ranks, top):
-                    evaluation.acc[role]["recstream"].add(np.array([rank]), row_top)
-            eval_rows = {i: (role, row) for i, role, row in evals}
-            for i in chunk:  # baselines: exact test-then-train per event
-                e = events[i]
-                row = catalogue.index.get(e.item_id)
-                if i in eval_rows:
                     if applied_until > e.ts_ms:
                         raise LeakageError(
                             f"event {i} (ts {e.ts_ms}) evaluated after applying an event at {applied_until}: "
                             "events must be replayed in event-time order"
                         )
-                    role, target = eval_rows[i]
-                    for b in baselines:
-                        s = np.array(b.scores(e.user_id, e.ts_ms), dtype=np.float64)
-                        s[list(seen_rows[e.user_id])] = -np.inf
-                        rank = rank_of_targets(s[None, :], np.array([target]))
-                        top = np.argpartition(-s, k - 1)[:k] if n_items > k else np.arange(n_items)
-                        evaluation.acc[role][b.name].add(rank, top)
-                    if role == "test":
-                        evaluation.history_seg.append(history_segment(prior[e.user_id]))
-                        evaluation.time_seg.append(datetime.fromtimestamp(e.ts_ms / 1000, timezone.utc).strftime("%Y-%m"))
+                    if row is None or row in seen_rows[user]:
+                        skipped += 1
+                    else:
+                        exclude = np.fromiter(seen_rows[user], np.int64, len(seen_rows[user]))
+                        snapshots.append(state[user])
+                        excludes.append(exclude)
+                        targets.append(row)
+                        evaluated.append(role)
+                        for b in baselines:
+                            s = np.array(b.scores(user, e.ts_ms), dtype=np.float64)
+                            s[exclude] = -np.inf
+                            top = np.argpartition(-s, k - 1)[:k] if n_items > k else np.arange(n_items)
+                            evaluation.acc[role][b.name].add(rank_of_targets(s[None, :], np.array([row])), top)
+                        if role == "test":
+                            evaluation.history_seg.append(history_segment(prior[user]))
+                            evaluation.time_seg.append(datetime.fromtimestamp(e.ts_ms / 1000, timezone.utc).strftime("%Y-%m"))
                 if row is not None:
                     for b in baselines:
-                        b.update(e.user_id, row, e.ts_ms)
-                    seen_rows[e.user_id].add(row)
-                prior[e.user_id] += 1
+                        b.update(user, row, e.ts_ms)
+                    seen_rows[user].add(row)
+                if user in state:
+                    state[user] = processor.fold(state[user], e)
+                prior[user] += 1
                 applied_until = max(applied_until, e.ts_ms)
+            for start in range(0, len(snapshots), 512):  # the worker's scoring, batched
+                part = slice(start, start + 512)
+                scores = processor.score_rows(snapshots[part], excludes[part])
+                ranks = rank_of_targets(scores, np.array(targets[part]))
+                top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if n_items > k else np.tile(np.arange(n_items), (len(ranks), 1))
+                for role, rank, row_top in zip(evaluated[part], ranks, top):
+                    evaluation.acc[role]["recstream"].add(np.array([rank]), row_top)
             windows: dict[str, UserWindow[None]] = {}
             for i in chunk:
                 e = events[i]
@@ -177,13 +175,11 @@ def run_replay(
                 progress(len(chunk))
 
         chunk: list[int] = []
-        in_chunk: set[str] = set()
-        for i, e in enumerate(events):
-            if len(chunk) >= MAX_CHUNK or (i in roles and e.user_id in in_chunk):
+        for i in range(len(events)):
+            if len(chunk) >= MAX_CHUNK:
                 process(chunk)
-                chunk, in_chunk = [], set()
+                chunk = []
             chunk.append(i)
-            in_chunk.add(e.user_id)
         if chunk:
             process(chunk)
         store.close()
