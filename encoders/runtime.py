@@ -1,0 +1,128 @@
+"""Serve an exported text encoder with onnxruntime and a Rust tokenizer; no torch.
+
+Texts are tokenised in one call, sorted by token length and cut into batches, so each
+batch pads only to its own longest text; results come back in the caller's order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from encoders.manifest import EncoderError, verify
+
+if TYPE_CHECKING:
+    from stream.config import EncoderSettings
+
+__all__ = ["OnnxTextEncoder", "load_encoder"]
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class OnnxTextEncoder:
+    """Text → L2-normalised float32 vectors from an export made by :func:`export_onnx`.
+
+    :param export_dir: a directory holding ``model.onnx``, ``tokenizer.json`` and
+        ``manifest.json``; it is verified (format version, model checksum) before loading.
+    :param provider: ``"auto"`` uses CUDA when onnxruntime offers it and CPU otherwise;
+        ``"cuda"`` raises :class:`EncoderError` when CUDA is unavailable; ``"cpu"`` forces CPU.
+    :param max_length: tokens per text, longer texts are truncated; capped at the model's
+        own limit from the manifest.
+    :param batch_size: texts per onnxruntime call.
+
+    ``encode`` is safe to call from several threads (onnxruntime sessions and tokenizers
+    are). ``model_id`` is the checksum of ``model.onnx``: equal ids give equal vectors for
+    equal texts and ``max_length``, so it keys embedding caches.
+    """
+
+    def __init__(self, export_dir: Path, provider: str = "auto", max_length: int = 128, batch_size: int = 64) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        if provider not in ("auto", "cpu", "cuda"):
+            raise EncoderError(f"unknown provider {provider!r} (choose auto, cpu or cuda)")
+        if max_length < 2 or batch_size < 1:
+            raise EncoderError(f"max_length must be >= 2 and batch_size >= 1, got {max_length} and {batch_size}")
+        self.export_dir = Path(export_dir)
+        self.manifest = verify(self.export_dir)
+        self.dim: int = self.manifest.dim
+        self.model_id: str = self.manifest.onnx_sha256
+        self.max_length: int = min(int(max_length), self.manifest.max_length)
+        self.batch_size = int(batch_size)
+
+        available = ort.get_available_providers()
+        if provider == "cuda" and CUDA not in available:
+            raise EncoderError(f"provider 'cuda' requested but onnxruntime offers only {available} (install onnxruntime-gpu)")
+        wanted = [CUDA, CPU] if provider in ("auto", "cuda") and CUDA in available else [CPU]
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = os.cpu_count() or 1
+        options.log_severity_level = 3  # errors only; CUDA's "some nodes on CPU" notes are noise
+        self.session = ort.InferenceSession(str(self.export_dir / "model.onnx"), options, providers=wanted)
+        if provider == "cuda" and CUDA not in self.session.get_providers():
+            raise EncoderError("provider 'cuda' requested but the CUDA provider failed to load (check CUDA/cuDNN libraries)")
+        self._inputs = {i.name for i in self.session.get_inputs()}
+
+        self.tokenizer = Tokenizer.from_file(str(self.export_dir / self.manifest.tokenizer))
+        self.tokenizer.no_padding()  # batches are padded here, after sorting by length
+        self.tokenizer.enable_truncation(max_length=self.max_length)
+        log.info("encoder %s (%s, dim %d) on %s", self.export_dir.name, self.manifest.variant, self.dim, self.providers)
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers onnxruntime actually uses, best first."""
+        return list(self.session.get_providers())
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for ``texts``: float32 of shape ``(len(texts), dim)``, each row of norm 1.
+
+        Row *i* belongs to ``texts[i]``. Texts longer than ``max_length`` tokens are
+        truncated; the empty string is a valid text.
+        """
+        if isinstance(texts, str):
+            raise TypeError("encode() takes a sequence of texts, not one str")
+        texts = list(texts)
+        out = np.empty((len(texts), self.dim), np.float32)
+        if not texts:
+            return out
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("encode() takes str texts only")
+        encodings = self.tokenizer.encode_batch(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            out[rows] = self._run([encodings[i] for i in rows])
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)  # int8/fp16 graphs drift slightly off norm 1
+
+    def _run(self, encodings: list) -> np.ndarray:
+        width = max(len(e.ids) for e in encodings)
+        ids = np.full((len(encodings), width), self.manifest.pad_id, np.int64)
+        mask = np.zeros((len(encodings), width), np.int64)
+        types = np.zeros((len(encodings), width), np.int64)
+        for row, enc in enumerate(encodings):
+            n = len(enc.ids)
+            ids[row, :n] = enc.ids
+            mask[row, :n] = 1
+            types[row, :n] = enc.type_ids
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        (vectors,) = self.session.run(["embeddings"], {k: v for k, v in feed.items() if k in self._inputs})
+        return vectors.astype(np.float32, copy=False)
+
+    def __repr__(self) -> str:
+        return f"OnnxTextEncoder({str(self.export_dir)!r}, variant={self.manifest.variant}, dim={self.dim}, providers={self.providers})"
+
+
+def load_encoder(settings: EncoderSettings) -> OnnxTextEncoder:
+    """The encoder ``settings`` describe, exporting the model on first use (needs torch then)."""
+    from encoders.export import ensure_exported
+
+    directory = ensure_exported(settings.model, settings.cache_dir, settings.variant)
+    return OnnxTextEncoder(directory, provider=settings.provider, max_length=settings.max_length, batch_size=settings.batch_size)
