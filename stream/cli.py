@@ -243,27 +243,60 @@ def demo(obj: _Obj, limit: int | None, rate: float, source: Path | None, port: i
 @click.option("--protocol", type=click.Choice(["leave-last-out", "prequential"]), default="leave-last-out", show_default=True)
 @click.option("-k", "k", type=int, help="Cut-off K (default: ranking.k).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), help="Write a Markdown/HTML report with plots here.")
+@click.option("--from-kafka", is_flag=True, help="Read events and items from the broker's recstream topics.")
+@click.option("--since", help="With --from-kafka: events at or after this time (epoch ms or RFC 3339).")
+@click.option("--until", help="With --from-kafka: events before this time (epoch ms or RFC 3339).")
+@click.option("--to-kafka", is_flag=True, help="Republish the history to the input topics instead of measuring.")
+@click.option("--speed", type=float, default=0.0, show_default=True, help="With --to-kafka: N× real time (0: as fast as possible).")
 @click.pass_obj
-def replay(obj: _Obj, dataset, events_path, items_path, source, protocol, k, as_json) -> None:
+def replay(obj: _Obj, dataset, events_path, items_path, source, protocol, k, as_json, report_dir,
+           from_kafka, since, until, to_kafka, speed) -> None:
     """Backtest: replay history through the worker's own code and measure it."""
+    from stream.events import parse_ts_ms
     from stream.report import print_report
-    from stream.replay import run_replay
-    from stream.sources import dataset_source, file_source
+    from stream.sources import dataset_source, file_source, kafka_source
 
-    if (dataset is None) == (events_path is None):
-        raise click.UsageError("give either --dataset or --events (with --items)")
+    if sum(x is not None and x is not False for x in (dataset, events_path, from_kafka or None)) != 1:
+        raise click.UsageError("give exactly one of --dataset, --events (with --items) or --from-kafka")
     if events_path is not None and items_path is None:
         raise click.UsageError("--events needs --items (the catalogue)")
+    if to_kafka and from_kafka:
+        raise click.UsageError("--to-kafka republishes a dataset or file, not the broker's own topics")
     settings = obj.settings(ranking={"k": k} if k else {})
-    events, items = dataset_source(dataset, settings, source) if dataset else file_source(events_path, items_path, settings)
-    result = _run_with_progress(settings, events, items, protocol, quiet=as_json)
+    if from_kafka:
+        events, items, skipped = kafka_source(settings, parse_ts_ms(_ts_arg(since)) if since else None,
+                                              parse_ts_ms(_ts_arg(until)) if until else None)
+        if skipped:
+            click.echo(f"skipped {skipped} invalid records on the input topics", err=True)
+    elif dataset:
+        events, items = dataset_source(dataset, settings, source)
+    else:
+        events, items = file_source(events_path, items_path, settings)
+    if to_kafka:
+        from stream.republish import republish
+
+        sent = republish(settings, events, items, speed)
+        click.echo(f"republished {len(items)} items and {sent} events to {settings.broker.url}")
+        return
+    result = _run_with_progress(settings, events, items, protocol, quiet=as_json, keep_ranks=report_dir is not None)
+    if report_dir is not None:
+        from stream.report import write_report
+
+        path = write_report(result, report_dir)
+        result.pop("ranks"), result.pop("eval_months")
+        click.echo(f"report written to {path}", err=True)
     if as_json:
         click.echo(orjson.dumps(result).decode())
     else:
         print_report(result)
 
 
-def _run_with_progress(settings: Settings, events, items, protocol: str, quiet: bool) -> dict:
+def _ts_arg(value: str) -> str | int:
+    return int(value) if value.isdigit() else value
+
+
+def _run_with_progress(settings: Settings, events, items, protocol: str, quiet: bool, keep_ranks: bool = False) -> dict:
     from rich.console import Console
     from rich.progress import Progress
 
@@ -277,7 +310,7 @@ def _run_with_progress(settings: Settings, events, items, protocol: str, quiet: 
         catalogue = Catalogue.from_items(items, encoder)
     with Progress(console=console, transient=True, disable=quiet) as bar:
         task = bar.add_task(f"replaying {protocol}", total=len(events))
-        return run_replay(settings, events, catalogue, protocol=protocol, encoder=encoder,
+        return run_replay(settings, events, catalogue, protocol=protocol, encoder=encoder, keep_ranks=keep_ranks,
                           progress=lambda n: bar.advance(task, n))
 
 

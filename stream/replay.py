@@ -101,8 +101,13 @@ def run_replay(
     encoder: TextEncoder | None = None,
     baselines: list[Baseline] | None = None,
     progress: Callable[[int], None] | None = None,
+    keep_ranks: bool = False,
 ) -> dict[str, Any]:
-    """Replay ``events`` (sorted by event time) and return the metrics report as a dict."""
+    """Replay ``events`` (sorted by event time) and return the metrics report as a dict.
+
+    With ``keep_ranks`` the result also holds ``ranks`` (per model, every test target's
+    0-based rank, for reports) and ``eval_months`` (the month of each test evaluation).
+    """
     started = time.perf_counter()
     k = settings.ranking.k
     n_items = len(catalogue)
@@ -185,6 +190,9 @@ def run_replay(
         store.close()
 
     metrics, validation, segments = evaluation.result()
+    extra = {}
+    if keep_ranks:
+        extra = {"ranks": {m: a.ranks for m, a in evaluation.acc["test"].items()}, "eval_months": evaluation.time_seg}
     return {
         "protocol": protocol,
         "k": k,
@@ -196,4 +204,5 @@ def run_replay(
         "validation": validation,
         "segments": segments,
         "elapsed_s": round(time.perf_counter() - started, 2),
+        **extra,
     }

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["print_report"]
+__all__ = ["print_report", "write_report"]
 
 
 def print_report(result: dict[str, Any], console: Console | None = None) -> None:
@@ -30,3 +31,70 @@ def print_report(result: dict[str, Any], console: Console | None = None) -> None
         for label, values in segments.items():
             seg.add_row(label, str(values["n"]), *(f"{values[m]['hr']:.4f}" for m in models))
         console.print(seg)
+
+
+def write_report(result: dict[str, Any], directory: Path) -> Path:
+    """Markdown + HTML report with plots into ``directory``; returns the Markdown path.
+
+    Needs ``result`` from ``run_replay(..., keep_ranks=True)``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    directory.mkdir(parents=True, exist_ok=True)
+    k, models = result["k"], list(result["metrics"])
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    months = list(result["segments"]["time"])
+    for model in models:
+        ax.plot(months, [result["segments"]["time"][m][model]["hr"] for m in months], marker="o", label=model)
+    ax.set(title=f"HR@{k} over time (test events per month)", ylabel=f"HR@{k}")
+    ax.legend(fontsize=8)
+    fig.autofmt_xdate()
+    fig.savefig(directory / "hr_by_time.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    segments = list(result["segments"]["history"])
+    width = 0.8 / max(len(models), 1)
+    for j, model in enumerate(models):
+        values = [result["segments"]["history"][s][model]["hr"] for s in segments]
+        ax.bar(np.arange(len(segments)) + j * width, values, width, label=model)
+    ax.set_xticks(np.arange(len(segments)) + 0.4 - width / 2, [f"{s}\n(n={result['segments']['history'][s]['n']})" for s in segments])
+    ax.set(title=f"HR@{k} by user history length", ylabel=f"HR@{k}")
+    ax.legend(fontsize=8)
+    fig.savefig(directory / "hr_by_history.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    cutoffs = np.arange(1, 201)
+    for model in models:
+        ranks = np.asarray(result["ranks"][model])
+        ax.plot(cutoffs, [(ranks < c).mean() if ranks.size else 0 for c in cutoffs], label=model)
+    ax.set(title="Hit rate as the cut-off grows (distribution of target ranks)", xlabel="K", ylabel="HR@K", xscale="log")
+    ax.legend(fontsize=8)
+    fig.savefig(directory / "rank_distribution.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    header = f"| model | HR@{k} | NDCG@{k} | MRR | Recall@{k} | coverage |\n|---|---|---|---|---|---|\n"
+    rows = "".join(f"| {m} | {v['hr']:.4f} | {v['ndcg']:.4f} | {v['mrr']:.4f} | {v['recall']:.4f} | {v['coverage']:.3f} |\n"
+                   for m, v in result["metrics"].items())
+    markdown = (
+        f"# recstream replay: {result['protocol']}\n\n{result['events']:,} events, {result['users']:,} users, "
+        f"{result['evaluated']:,} test evaluations, {result['elapsed_s']} s.\n\n{header}{rows}\n"
+        "![HR over time](hr_by_time.png)\n\n![HR by history](hr_by_history.png)\n\n![Rank distribution](rank_distribution.png)\n"
+    )
+    md_path = directory / "report.md"
+    md_path.write_text(markdown)
+    table = "".join(f"<tr><td>{m}</td>" + "".join(f"<td>{v[c]:.4f}</td>" for c in ("hr", "ndcg", "mrr", "recall", "coverage")) + "</tr>"
+                    for m, v in result["metrics"].items())
+    (directory / "report.html").write_text(
+        f"<!doctype html><meta charset=utf-8><title>recstream replay</title><h1>recstream replay: {result['protocol']}</h1>"
+        f"<p>{result['events']:,} events, {result['users']:,} users, {result['evaluated']:,} test evaluations.</p>"
+        f"<table border=1><tr><th>model</th><th>HR@{k}</th><th>NDCG@{k}</th><th>MRR</th><th>Recall@{k}</th><th>coverage</th></tr>{table}</table>"
+        '<img src="hr_by_time.png"><img src="hr_by_history.png"><img src="rank_distribution.png">'
+    )
+    return md_path

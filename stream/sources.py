@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import time
 from pathlib import Path
 
 import orjson
@@ -23,6 +24,11 @@ def _sorted(events: list[Event]) -> list[Event]:
     ]
 
 
+def _canonical(items) -> list[ItemMessage]:
+    """Items in id order: catalogue rows (and so tie-breaks) never depend on how they were read."""
+    return sorted(items, key=lambda i: i.item_id)
+
+
 def dataset_source(name: str, settings: Settings, source: Path | None = None) -> tuple[list[Event], list[ItemMessage]]:
     """Events and items of a bundled dataset (``ml-100k``)."""
     from stream import movielens
@@ -36,7 +42,7 @@ def dataset_source(name: str, settings: Settings, source: Path | None = None) ->
         e = movielens.rating_event(r)
         events.append(Event(e["user_id"], e["item_id"], int(e["ts"]), EVENT_KINDS.index(e["kind"]), "replay:0", 0,
                             None, float(e["value"]), e["event_id"]))
-    return _sorted(events), items
+    return _sorted(events), _canonical(items)
 
 
 def file_source(events_path: Path, items_path: Path, settings: Settings) -> tuple[list[Event], list[ItemMessage]]:
@@ -63,4 +69,50 @@ def file_source(events_path: Path, items_path: Path, settings: Settings) -> tupl
                 items.append(parse_item(line, settings.limits))
             except ValueError as exc:
                 raise ValueError(f"{items_path}:{n}: {exc}") from None
-    return _sorted(events), items
+    return _sorted(events), _canonical(items)
+
+
+def kafka_source(settings: Settings, since_ms: int | None = None, until_ms: int | None = None) -> tuple[list[Event], list[ItemMessage], int]:
+    """Events on the input topics with ``since_ms <= ts < until_ms``, the items topic, and
+    the number of records skipped as invalid. Reads every partition up to its high-water mark.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    from stream.kafka_io import client_config
+
+    topics = [*settings.topics.inputs.values(), settings.topics.items]
+    consumer = KafkaConsumer(**client_config(settings), group_id=None, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        if not tps:
+            raise ValueError(f"no recstream topics with prefix {settings.topics.prefix!r} on {settings.broker.bootstrap}")
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        kind_of = {topic: kind for kind, topic in settings.topics.inputs.items()}
+        now_ms = int(time.time() * 1000)
+        events, items, skipped = [], {}, 0
+        idle_polls = 0
+        while idle_polls < 3:
+            batch = consumer.poll(timeout_ms=500, max_records=5000)
+            idle_polls = 0 if batch else idle_polls + 1
+            for tp, records in batch.items():
+                for r in records:
+                    try:
+                        if tp.topic == settings.topics.items:
+                            items[r.key] = parse_item(r.value, settings.limits)
+                            continue
+                        e = parse_event(r.value, key=r.key, kind=kind_of[tp.topic], source=f"{tp.topic}:{tp.partition}",
+                                        offset=r.offset, now_ms=now_ms, limits=settings.limits, windows=settings.windows)
+                    except ValueError:
+                        skipped += 1
+                        continue
+                    if (since_ms is None or e.ts_ms >= since_ms) and (until_ms is None or e.ts_ms < until_ms):
+                        events.append(e)
+            caught_up = all(
+                consumer.highwater(tp) is not None and consumer.position(tp) >= consumer.highwater(tp) for tp in tps
+            )
+            if caught_up and not batch:
+                break
+    finally:
+        consumer.close()
+    return _sorted(events), _canonical(items.values()), skipped

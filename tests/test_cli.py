@@ -1,0 +1,45 @@
+"""The command line: expected errors are one clear line with a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def recstream(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stream.cli", *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--broker", "localhost:9092", "topics", "create"], "broker url must look like kafka://host:port"),
+        (["--config", "/nonexistent.toml", "topics", "create"], "config file not found"),
+        (["--store", "/nonexistent/store", "profile", "42"], "no store at /nonexistent/store"),
+        (["--broker", "kafka://127.0.0.1:1", "tail", "--timeout", "1"], ""),
+    ],
+)
+def test_errors_are_one_line(args, needle):
+    out = recstream(*args)
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert needle in lines[0]
+
+
+def test_malformed_event_file_names_the_line(tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"user_id": "1", "item_id": "2", "ts": 1}\n{broken\n')
+    out = recstream("--broker", "kafka://127.0.0.1:1", "publish", str(events))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"{events}:2:" in out.stderr and out.stderr.strip().count("\n") == 0
+
+
+def test_help_lists_every_command():
+    out = recstream("--help")
+    assert out.returncode == 0
+    for command in ("broker", "worker", "catalog", "publish", "tail", "profile", "demo", "replay", "topics"):
+        assert command in out.stdout

@@ -1,0 +1,79 @@
+"""The flush: exactly-once application under redelivery, rejections, and ranking output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from store import LmdbStore
+from stream.catalog import Catalogue
+from stream.config import load_settings
+from stream.events import Event
+from stream.processor import Processor
+from stream.profile import normalised
+from stream.windows import UserWindow
+
+DIM = 8
+
+
+@pytest.fixture
+def processor(tmp_path):
+    rng = np.random.default_rng(0)
+    catalogue = Catalogue(DIM)
+    for i in range(30):
+        catalogue.upsert(str(i), normalised(rng.normal(size=DIM).astype(np.float32)))
+    store = LmdbStore(tmp_path / "s.lmdb")
+    yield Processor(load_settings(None, ranking={"k": 5}), store, catalogue)
+    store.close()
+
+
+def window(user, items, first_offset=0, source="recstream.clicks:0", ts0=1_700_000_000_000):
+    events = [Event(user, item, ts0 + (first_offset + n) * 1000, 1, source, first_offset + n) for n, item in enumerate(items)]
+    return UserWindow(user, events=events, handles=list(range(len(events))))
+
+
+def test_a_redelivered_window_is_not_counted_twice(processor):
+    first = processor.flush([window("u", ["1", "2", "3"])], now_ms=1)
+    assert (first.applied, first.duplicates) == (3, 0)
+    with processor.store.read() as txn:
+        before = txn.get_profile("u")
+    # Kafka redelivers offsets 1..4 after a crash: 1 and 2 were applied, 3 and 4 are new
+    again = processor.flush([window("u", ["2", "3", "4", "5"], first_offset=1)], now_ms=2)
+    assert (again.applied, again.duplicates) == (2, 2)
+    with processor.store.read() as txn:
+        after = txn.get_profile("u")
+        offsets = txn.get_offsets()
+    assert after.event_count == 5 and after.version == before.version + 1
+    assert after.applied == {"recstream.clicks:0": 4}
+    assert offsets[("recstream.clicks", 0)] == 4
+    # the result equals applying the five events once
+    fresh = Processor(processor.settings, LmdbStore(processor.store.path.parent / "fresh.lmdb"), processor.catalogue)
+    fresh.flush([window("u", ["1", "2", "3", "4", "5"])], now_ms=3)
+    with fresh.store.read() as txn:
+        once = txn.get_profile("u")
+    np.testing.assert_allclose(after.vectors, once.vectors, atol=1e-6)
+    np.testing.assert_allclose(after.weights, once.weights)
+
+
+def test_unknown_items_are_rejected_and_the_rest_applied(processor):
+    result = processor.flush([window("u", ["1", "nope", "2"])], now_ms=1)
+    assert result.applied == 2
+    assert [(e.item_id, r) for e, r in result.rejected] == [("nope", "unknown item 'nope' and no text to encode")]
+
+
+def test_late_events_are_rejected_only_when_a_lateness_bound_is_set(tmp_path, processor):
+    processor.flush([window("u", ["1"], ts0=10 * 86_400_000)], now_ms=1)
+    late = window("u", ["2"], first_offset=1, ts0=1 * 86_400_000 - 1000)
+    assert processor.flush([late], now_ms=2).applied == 1  # default: applied exactly
+    strict = Processor(load_settings(None, windows={"allowed_lateness_s": 3600}), processor.store, processor.catalogue)
+    result = strict.flush([window("u", ["3"], first_offset=2, ts0=2 * 86_400_000 - 2000)], now_ms=3)
+    assert result.applied == 0 and "late event" in result.rejected[0][1]
+
+
+def test_recommendations_exclude_history_and_explain_from_it(processor):
+    result = processor.flush([window("u", ["1", "2", "3", "4"])], now_ms=1)
+    (rec,) = result.recommendations
+    ids = [i["item_id"] for i in rec["items"]]
+    assert len(ids) == 5 and not set(ids) & {"1", "2", "3", "4"}
+    assert all(i["because"] and set(i["because"]) <= {"1", "2", "3", "4"} for i in rec["items"])
+    assert rec["event_count"] == 4 and rec["profile_version"] == 1 and rec["ts"] == 1_700_000_000_000 + 3000
