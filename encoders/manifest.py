@@ -14,7 +14,7 @@ from pathlib import Path
 
 __all__ = ["FORMAT_VERSION", "EncoderError", "Manifest", "file_sha256", "read_manifest", "verify", "write_manifest"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 
 

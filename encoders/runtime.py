@@ -84,7 +84,7 @@ class OnnxTextEncoder:
         """Vectors for ``texts``: float32 of shape ``(len(texts), dim)``, each row of norm 1.
 
         Row *i* belongs to ``texts[i]``. Texts longer than ``max_length`` tokens are
-        truncated; the empty string is a valid text.
+        truncated; the empty string is a valid text; lone surrogates read as U+FFFD.
         """
         if isinstance(texts, str):
             raise TypeError("encode() takes a sequence of texts, not one str")
@@ -94,7 +94,11 @@ class OnnxTextEncoder:
             return out
         if not all(isinstance(t, str) for t in texts):
             raise TypeError("encode() takes str texts only")
-        encodings = self.tokenizer.encode_batch(texts)
+        try:
+            encodings = self.tokenizer.encode_batch(texts)
+        except TypeError:  # lone surrogates (e.g. from broken JSON escapes) → U+FFFD
+            texts = [t.encode("utf-16", "surrogatepass").decode("utf-16", "replace") for t in texts]
+            encodings = self.tokenizer.encode_batch(texts)
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
