@@ -94,7 +94,7 @@ def test_history_drives_recommendations_and_bad_records_go_to_the_dlq(settings, 
         ("anim-fan", b'{"user_id":"anim-fan","item_id":"1","ts":-1}'),
         ("someone-else", b'{"user_id":"anim-fan","item_id":"1","ts":1700000000000}'),  # key mismatch
     ]
-    expected = {"anim-fan": 0, "horror-fan": 0}
+    expected = {"anim-fan": 0, "horror-fan": 0}  # per user: valid events sent
     for n, (a, h) in enumerate(zip(animation, horror)):
         kind = ["view", "click", "purchase"][n % 3]
         for user, item in (("anim-fan", a), ("horror-fan", h)):
@@ -136,12 +136,24 @@ def test_history_drives_recommendations_and_bad_records_go_to_the_dlq(settings, 
         assert any(needle in r for r in reasons), (needle, reasons)
     assert all(d["topic"] == topics["click"] and d["offset"] >= 0 for d in dead)
 
+    # a new item is encoded and usable without a restart
+    publish_items(producer, settings.topics, [{"item_id": "brand-new", "title": "A brand new animated feature",
+                                               "attributes": {"genres": ["Animation", "Children's"]}}])
+    producer.flush()
+    wait_for_log(log_path, f"{len(items) + 1} in catalogue", proc, timeout_s=60)
+    send(producer, topics["purchase"], "newcomer", orjson.dumps({"user_id": "newcomer", "item_id": "brand-new", "ts": BASE_TS}))
+    producer.flush()
+    newcomer = consume(settings, settings.topics.recommendations, lambda got: any(r["user_id"] == "newcomer" for r in got))
+    (rec,) = [r for r in newcomer if r["user_id"] == "newcomer"]
+    assert rec["event_count"] == 1 and rec["items"][0]["because"] == ["brand-new"]
+    assert sum("Animation" in genres[i["item_id"]] for i in rec["items"]) >= 5
+
     proc.terminate()
     proc.wait(timeout=20)
     store = LmdbStore(settings.store.path, readonly=True)
     with store.read() as txn:
         for user, count in expected.items():
             profile = txn.get_profile(user)
-            assert profile is not None and profile.event_count == count
+            assert profile is not None and profile.event_count == count, user
             assert len(txn.get_seen(user)) == count
     store.close()
