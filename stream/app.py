@@ -114,6 +114,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
     app = faust.App(
         s.app_id,
         broker=s.broker.url,
+        broker_consumer=s.broker.url.replace("kafka://", "recstream://", 1),
         broker_credentials=_faust_credentials(s),
         store="memory://",
         autodiscover=False,
@@ -128,6 +129,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         web_bind=s.web_host,
         producer_linger_ms=5,
     )
+    app.recstream_fetch_max_wait_ms = s.broker.fetch_max_wait_ms  # read by stream.transport
     ctx = WorkerContext(s)
     kind_of_topic = {topic: kind for kind, topic in s.topics.inputs.items()}
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}

@@ -284,7 +284,8 @@ def replay(obj: _Obj, dataset, events_path, items_path, source, protocol, k, as_
         from stream.report import write_report
 
         path = write_report(result, report_dir)
-        result.pop("ranks"), result.pop("eval_months")
+        for key in ("ranks", "eval_months", "scores"):
+            result.pop(key)
         click.echo(f"report written to {path}", err=True)
     if as_json:
         click.echo(orjson.dumps(result).decode())

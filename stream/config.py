@@ -58,6 +58,8 @@ class BrokerSettings(_Section):
     session_timeout_s: float = Field(10.0, gt=0)
     rebalance_timeout_s: float = Field(3.0, gt=0)
     heartbeat_interval_s: float = Field(1.0, gt=0)
+    #: How long the broker may hold a fetch that finds no new records (Faust: 1500 ms).
+    fetch_max_wait_ms: int = Field(100, ge=1, le=60_000)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None

@@ -78,6 +78,7 @@ class _Evaluation:
         self.acc = {role: {m: MetricAccumulator(k, n_items) for m in models} for role in ("test", "valid")}
         self.history_seg: list[str] = []
         self.time_seg: list[str] = []
+        self.scores: dict[str, list[float]] = {"target": [], "kth": []}  # recstream, test role
 
     def result(self) -> tuple[dict, dict, dict]:
         test, valid = self.acc["test"], self.acc["valid"]
@@ -106,7 +107,8 @@ def run_replay(
     """Replay ``events`` (sorted by event time) and return the metrics report as a dict.
 
     With ``keep_ranks`` the result also holds ``ranks`` (per model, every test target's
-    0-based rank, for reports) and ``eval_months`` (the month of each test evaluation).
+    0-based rank), ``eval_months`` (the month of each test evaluation) and ``scores``
+    (recstream's score of each test target and of its K-th best item), for reports.
     """
     started = time.perf_counter()
     k = settings.ranking.k
@@ -167,10 +169,16 @@ def run_replay(
             for start in range(0, len(snapshots), 512):  # the worker's scoring, batched
                 part = slice(start, start + 512)
                 scores = processor.score_rows(snapshots[part], excludes[part])
-                ranks = rank_of_targets(scores, np.array(targets[part]))
+                target_rows = np.array(targets[part])
+                ranks = rank_of_targets(scores, target_rows)
                 top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if n_items > k else np.tile(np.arange(n_items), (len(ranks), 1))
-                for role, rank, row_top in zip(evaluated[part], ranks, top):
+                target_scores = scores[np.arange(len(target_rows)), target_rows]
+                kth_scores = np.take_along_axis(scores, top, axis=1).min(axis=1)
+                for role, rank, row_top, ts_, kth in zip(evaluated[part], ranks, top, target_scores, kth_scores):
                     evaluation.acc[role]["recstream"].add(np.array([rank]), row_top)
+                    if role == "test":
+                        evaluation.scores["target"].append(float(ts_))
+                        evaluation.scores["kth"].append(float(kth))
             windows: dict[str, UserWindow[None]] = {}
             for i in chunk:
                 e = events[i]
@@ -192,7 +200,8 @@ def run_replay(
     metrics, validation, segments = evaluation.result()
     extra = {}
     if keep_ranks:
-        extra = {"ranks": {m: a.ranks for m, a in evaluation.acc["test"].items()}, "eval_months": evaluation.time_seg}
+        extra = {"ranks": {m: a.ranks for m, a in evaluation.acc["test"].items()}, "eval_months": evaluation.time_seg,
+                 "scores": evaluation.scores}
     return {
         "protocol": protocol,
         "k": k,

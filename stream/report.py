@@ -79,13 +79,24 @@ def write_report(result: dict[str, Any], directory: Path) -> Path:
     fig.savefig(directory / "rank_distribution.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
+    fig, ax = plt.subplots(figsize=(8, 4))
+    scores = result["scores"]
+    bins = np.linspace(min(scores["target"] + scores["kth"] + [0.0]), max(scores["target"] + scores["kth"] + [1.0]), 50)
+    ax.hist(scores["kth"], bins=bins, alpha=0.6, label=f"score of the {k}th recommendation")
+    ax.hist(scores["target"], bins=bins, alpha=0.6, label="score of the held-out item")
+    ax.set(title="recstream score distributions (test evaluations)", xlabel="blended cosine score", ylabel="evaluations")
+    ax.legend(fontsize=8)
+    fig.savefig(directory / "score_distribution.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
     header = f"| model | HR@{k} | NDCG@{k} | MRR | Recall@{k} | coverage |\n|---|---|---|---|---|---|\n"
     rows = "".join(f"| {m} | {v['hr']:.4f} | {v['ndcg']:.4f} | {v['mrr']:.4f} | {v['recall']:.4f} | {v['coverage']:.3f} |\n"
                    for m, v in result["metrics"].items())
     markdown = (
         f"# recstream replay: {result['protocol']}\n\n{result['events']:,} events, {result['users']:,} users, "
         f"{result['evaluated']:,} test evaluations, {result['elapsed_s']} s.\n\n{header}{rows}\n"
-        "![HR over time](hr_by_time.png)\n\n![HR by history](hr_by_history.png)\n\n![Rank distribution](rank_distribution.png)\n"
+        "![HR over time](hr_by_time.png)\n\n![HR by history](hr_by_history.png)\n\n![Rank distribution](rank_distribution.png)\n\n"
+        "![Score distribution](score_distribution.png)\n"
     )
     md_path = directory / "report.md"
     md_path.write_text(markdown)
@@ -95,6 +106,6 @@ def write_report(result: dict[str, Any], directory: Path) -> Path:
         f"<!doctype html><meta charset=utf-8><title>recstream replay</title><h1>recstream replay: {result['protocol']}</h1>"
         f"<p>{result['events']:,} events, {result['users']:,} users, {result['evaluated']:,} test evaluations.</p>"
         f"<table border=1><tr><th>model</th><th>HR@{k}</th><th>NDCG@{k}</th><th>MRR</th><th>Recall@{k}</th><th>coverage</th></tr>{table}</table>"
-        '<img src="hr_by_time.png"><img src="hr_by_history.png"><img src="rank_distribution.png">'
+        '<img src="hr_by_time.png"><img src="hr_by_history.png"><img src="rank_distribution.png"><img src="score_distribution.png">'
     )
     return md_path

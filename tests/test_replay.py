@@ -108,3 +108,17 @@ def test_cli_rejects_bad_input_in_one_line(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "event 1" in out.stderr and "RFC 3339" in out.stderr
+
+
+def test_report_writes_markdown_html_and_plots(settings, tmp_path):
+    from stream.report import write_report
+
+    catalogue, events = clustered_world()
+    result = run_replay(settings, events, catalogue, protocol="leave-last-out", keep_ranks=True)
+    assert len(result["ranks"]["recstream"]) == result["evaluated"] == len(result["scores"]["target"])
+    path = write_report(result, tmp_path / "report")
+    text = path.read_text()
+    assert "| recstream | 1.0000 |" in text
+    for name in ("hr_by_time.png", "hr_by_history.png", "rank_distribution.png", "score_distribution.png"):
+        assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f'<img src="{name}">' in (tmp_path / "report" / "report.html").read_text()
