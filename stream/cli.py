@@ -124,6 +124,31 @@ def topics_create(obj: _Obj) -> None:
 
 
 @cli.group()
+def encoders() -> None:
+    """Export and inspect text encoders."""
+
+
+@encoders.command("export")
+@click.option("--variant", type=click.Choice(["fp32", "int8", "fp16"]), help="Graph precision (default: encoder.variant).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Export here instead of the cache.")
+@click.pass_obj
+def encoders_export(obj: _Obj, variant: str | None, out: Path | None) -> None:
+    """Export --model (default all-MiniLM-L6-v2) to ONNX with pooling and normalisation inside."""
+    from encoders import default_model_dir, ensure_exported, export_onnx
+    from encoders.manifest import verify
+
+    settings = obj.settings(encoder={"variant": variant})
+    enc = settings.encoder
+    if out is not None:
+        path = export_onnx(enc.model or default_model_dir(), out, enc.variant)
+    else:
+        path = ensure_exported(enc.model, enc.cache_dir, enc.variant)
+    manifest = verify(path)
+    click.echo(f"{path}: {manifest.variant}, dim {manifest.dim}, max length {manifest.max_length}, "
+               f"sha256 {manifest.onnx_sha256[:12]}")
+
+
+@cli.group()
 def catalog() -> None:
     """Manage the item catalogue topic."""
 
