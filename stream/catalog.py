@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import orjson
 
+from stream.payloads import PayloadError, decode_object
 from stream.config import LimitSettings
 
 __all__ = ["Catalogue", "InvalidItem", "ItemMessage", "item_text", "parse_item"]
@@ -51,16 +51,10 @@ def item_text(item: ItemMessage) -> str:
 
 def parse_item(payload: bytes | None, limits: LimitSettings) -> ItemMessage:
     """Validate a catalogue message; raise :class:`InvalidItem` with the reason."""
-    if payload is None:
-        raise InvalidItem("empty value")
-    if len(payload) > limits.max_payload_bytes:
-        raise InvalidItem(f"payload larger than {limits.max_payload_bytes} bytes")
     try:
-        obj = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidItem(f"malformed JSON: {str(exc).splitlines()[0][:120]}") from None
-    if not isinstance(obj, dict):
-        raise InvalidItem("value must be a JSON object")
+        obj = decode_object(payload, limits.max_payload_bytes)
+    except PayloadError as exc:
+        raise InvalidItem(str(exc)) from None
     item_id, title = obj.get("item_id"), obj.get("title")
     if isinstance(item_id, int) and not isinstance(item_id, bool):
         item_id = str(item_id)

@@ -160,7 +160,7 @@ def catalog() -> None:
 @click.pass_obj
 def catalog_load(obj: _Obj, file: Path | None, dataset: str | None, source: Path | None) -> None:
     """Publish items (a JSONL FILE of item messages, or --dataset) to the items topic."""
-    from stream.kafka_io import ensure_topics, make_producer, publish_items
+    from stream.kafka_io import publish_items
 
     if (file is None) == (dataset is None):
         raise click.UsageError("give either FILE or --dataset")
@@ -172,13 +172,20 @@ def catalog_load(obj: _Obj, file: Path | None, dataset: str | None, source: Path
         items = [movielens.item_message(i) for i in movielens.load_items(directory)]
     else:
         items = [_json_line(file, n, line) for n, line in enumerate(file.read_text("utf-8").splitlines(), 1) if line.strip()]
+    count = _produce(settings, publish_items, items)
+    click.echo(f"published {count} items to {settings.topics.items}")
+
+
+def _produce(settings: Settings, publish: Any, records: list) -> int:
+    """Create the topics if needed and send ``records`` with ``publish``; returns the count."""
+    from stream.kafka_io import ensure_topics, make_producer
+
     ensure_topics(settings)
     producer = make_producer(settings)
     try:
-        count = publish_items(producer, settings.topics, items)
+        return publish(producer, settings.topics, records)
     finally:
         producer.close()
-    click.echo(f"published {count} items to {settings.topics.items}")
 
 
 def _json_line(path: Path, lineno: int, line: str) -> Any:
@@ -193,16 +200,11 @@ def _json_line(path: Path, lineno: int, line: str) -> Any:
 @click.pass_obj
 def publish(obj: _Obj, file: Path) -> None:
     """Publish events from a JSONL or CSV FILE to the input topics (by each row's kind)."""
-    from stream.kafka_io import ensure_topics, make_producer, publish_events, read_event_file
+    from stream.kafka_io import publish_events, read_event_file
 
     settings = obj.settings()
     events = list(read_event_file(file))  # validate the whole file before sending any of it
-    ensure_topics(settings)
-    producer = make_producer(settings)
-    try:
-        count = publish_events(producer, settings.topics, events)
-    finally:
-        producer.close()
+    count = _produce(settings, publish_events, events)
     click.echo(f"published {count} events")
 
 

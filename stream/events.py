@@ -11,8 +11,8 @@ from functools import lru_cache
 from dataclasses import dataclass
 from datetime import datetime
 
-import orjson
 
+from stream.payloads import PayloadError, decode_object
 from stream.config import EVENT_KINDS, LimitSettings, WindowSettings
 
 __all__ = ["Event", "InvalidEvent", "parse_event", "parse_ts_ms"]
@@ -90,16 +90,10 @@ def parse_event(
     The record key must equal ``user_id``: inputs are co-partitioned by user, and a
     mis-keyed record would land on a worker that does not own the user.
     """
-    if payload is None:
-        raise InvalidEvent("empty value")
-    if len(payload) > limits.max_payload_bytes:
-        raise InvalidEvent(f"payload larger than {limits.max_payload_bytes} bytes")
     try:
-        obj = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(f"malformed JSON: {str(exc).splitlines()[0][:120]}") from None
-    if not isinstance(obj, dict):
-        raise InvalidEvent(f"value must be a JSON object, got {type(obj).__name__}")
+        obj = decode_object(payload, limits.max_payload_bytes)
+    except PayloadError as exc:
+        raise InvalidEvent(str(exc)) from None
 
     user_id = _id(obj, "user_id", limits)
     item_id = _id(obj, "item_id", limits)
