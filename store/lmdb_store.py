@@ -49,7 +49,8 @@ from __future__ import annotations
 import logging
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -251,6 +252,8 @@ class LmdbStore:
         self._write_lock = threading.Lock()
         self._cond = threading.Condition()
         self._readers = 0
+        #: Called with the seconds each successful commit took (metrics); on the writer thread.
+        self.on_commit: Callable[[float], None] | None = None
         try:
             if not readonly:
                 self.path.mkdir(parents=True, exist_ok=True)
@@ -366,7 +369,10 @@ class LmdbStore:
     def _commit(self, wtxn: WriteTxn) -> None:
         for _ in range(8):
             try:
+                started = time.perf_counter()
                 wtxn._txn.commit()  # LMDB ends the transaction even when commit fails
+                if self.on_commit is not None:
+                    self.on_commit(time.perf_counter() - started)
                 return
             except lmdb.MapFullError:
                 self._regrow(wtxn, aborted=True)

@@ -28,6 +28,7 @@ from stream.config import Settings
 from stream.deadletter import dead_letter, reason_category
 from stream.events import InvalidEvent, parse_event
 from stream.processor import Processor
+from stream.telemetry import WorkerMetrics
 from stream.windows import UserWindow, WindowBuffer
 
 __all__ = ["WorkerContext", "create_app"]
@@ -61,6 +62,9 @@ class WorkerContext:
         self.catalogue: Catalogue | None = None
         self.processor: Processor | None = None
         self.stream: Any = None
+        self.stopping = False  # set on shutdown: the agent then closes every window at once
+        self.metrics = WorkerMetrics(self.stats, self.gauges)
+        self.close_all_windows: Any = None  # set by create_app; awaited by stream.worker.Worker
 
     def open(self) -> None:
         """Open the store, load the encoder (exporting it once) and the stored catalogue."""
@@ -68,14 +72,20 @@ class WorkerContext:
 
         s = self.settings
         self.store = LmdbStore(s.store.path, map_size_mb=s.store.map_size_mb)
+        self.store.on_commit = self.metrics.observe_commit
         encoder = load_encoder(s.encoder)
-        self.encoder = CachedEncoder(encoder, EmbeddingCache(s.encoder.cache_dir / "embeddings.lmdb"))
+        timed = self.metrics.timed_encoder(encoder)
+        self.encoder = CachedEncoder(timed, EmbeddingCache(s.encoder.cache_dir / "embeddings.lmdb"))
         self.catalogue = Catalogue(encoder.dim)
         with self.store.read() as txn:
             for item in txn.iter_items():
                 self.catalogue.upsert(item.item_id, item.vector)
         self.processor = Processor(s, self.store, self.catalogue, self.encoder)
         log.info("worker opened store %s with %d items, encoder %s", s.store.path, len(self.catalogue), encoder.providers)
+
+    def gauges(self) -> dict[str, float]:
+        return {"pending_events": self.buffer.pending, "catalogue_items": len(self.catalogue or ()),
+                "catalogue_ready": float(self.ready.is_set())}
 
     def upsert_items(self, items: list[Any]) -> int:
         """Encode new or changed items in one batch and store them; returns how many changed."""
@@ -127,6 +137,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         web_enabled=s.web_port > 0,
         web_port=s.web_port or 6066,
         web_bind=s.web_host,
+        canonical_url=s.web_advertised_url,  # None: http://<hostname>:<web_port>
         producer_linger_ms=5,
     )
     app.recstream_fetch_max_wait_ms = s.broker.fetch_max_wait_ms  # read by stream.transport
@@ -162,6 +173,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             ctx.stats["events.duplicates"] += result.duplicates
             ctx.stats["recommendations"] += len(result.recommendations)
             ctx.stats["flushes"] += 1
+            ctx.metrics.observe_flush(time.perf_counter() - started, result.applied, len(windows))
             log.debug("flush: %d users, %d events in %.1f ms", result.users, result.applied, (time.perf_counter() - started) * 1e3)
 
     @app.task
@@ -225,13 +237,24 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
                     continue
                 ctx.stats[f"consumed.{kind}"] += 1
                 ctx.buffer.add(event, fevent)
-            await flush(ctx.buffer.pop_ready())
+            await flush(ctx.buffer.drain() if ctx.stopping else ctx.buffer.pop_ready())
 
     @app.timer(interval=max(0.05, s.windows.idle_flush_s / 4))
     async def idle_flush() -> None:
         """Close every open window once no input arrived for ``idle_flush_s``."""
         if ctx.buffer.pending and time.monotonic() - ctx.last_input >= s.windows.idle_flush_s:
             await flush(ctx.buffer.drain())
+
+    async def close_all_windows() -> None:
+        """Graceful shutdown: flush every open window now; later batches flush at once too."""
+        ctx.stopping = True
+        await flush(ctx.buffer.drain())
+
+    ctx.close_all_windows = close_all_windows
+    if s.web_port > 0:
+        from stream.web import register_views
+
+        register_views(app, ctx)
 
     @app.timer(interval=10.0)
     async def report() -> None:

@@ -57,10 +57,6 @@ def cli(ctx: click.Context, config, broker, model, store, topic_prefix, log_leve
     ctx.obj = _Obj(config, overrides)
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 @cli.command()
 @click.option("--port", type=int, help="Port to listen on (default: the --broker URL's port).")
 @click.pass_obj
@@ -95,15 +91,12 @@ def _wait_for_signal() -> None:
 @click.pass_obj
 def worker(obj: _Obj, web_port: int | None) -> None:
     """Run a stream worker: events in, profiles updated, recommendations out."""
-    import faust
-
-    from stream.app import create_app
     from stream.kafka_io import ensure_topics
+    from stream.worker import run_worker
 
     settings = obj.settings(web_port=web_port)
     ensure_topics(settings)
-    app, _ = create_app(settings)
-    faust.Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+    run_worker(settings)
 
 
 @cli.group()

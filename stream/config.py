@@ -199,8 +199,13 @@ class Settings(BaseSettings):
 
     app_id: str = "recstream"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: ``json``: one JSON object per line (for log shippers); see :mod:`stream.logs`.
+    log_format: Literal["text", "json"] = "text"
     web_port: int = Field(6066, ge=0, le=65535)
     web_host: str = "127.0.0.1"
+    #: How other workers reach this one's web server (user requests are forwarded to the
+    #: partition owner); default ``http://<hostname>:<web_port>``. Kubernetes: the pod's DNS name.
+    web_advertised_url: str | None = None
     broker: BrokerSettings = BrokerSettings()
     topics: TopicSettings = TopicSettings()
     encoder: EncoderSettings = EncoderSettings()

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
-from store import LmdbStore
+from store import LmdbStore, ProfileRecord
 from stream.config import EVENT_KINDS, Settings
 from stream.profile import normalised
 
-__all__ = ["profile_summary"]
+__all__ = ["profile_summary", "summarise_profile"]
 
 
 def _iso(ms: int) -> str:
@@ -37,6 +38,17 @@ def profile_summary(settings: Settings, user_id: str, top: int = 5) -> dict[str,
     titles = {i.item_id: i.title for i in items}
     ids = [i.item_id for i in items]
     matrix = np.stack([i.vector for i in items]) if items else np.zeros((0, rec.vectors.shape[1]), np.float32)
+    return summarise_profile(settings, rec, ids, matrix, lambda item_id: titles.get(item_id, item_id), top)
+
+
+def summarise_profile(
+    settings: Settings, rec: ProfileRecord, ids: Sequence[str], matrix: np.ndarray,
+    title_of: Callable[[str], str], top: int = 5,
+) -> dict[str, Any]:
+    """:func:`profile_summary` for a profile already read; ``matrix`` rows are ``ids``' vectors.
+
+    The worker's HTTP API calls it with its in-memory catalogue and looks titles up one by one.
+    """
     horizons = []
     for (name, half_life_s), vector, weight in zip(settings.profile.half_lives_s.items(), rec.vectors, rec.weights):
         sims = matrix @ normalised(vector[None, :])[0] if len(ids) else np.zeros(0)
@@ -46,7 +58,7 @@ def profile_summary(settings: Settings, user_id: str, top: int = 5) -> dict[str,
                 "name": name,
                 "half_life_h": half_life_s / 3600,
                 "weight": float(weight),
-                "top_interests": [{"item_id": ids[j], "title": titles[ids[j]], "similarity": float(sims[j])} for j in best],
+                "top_interests": [{"item_id": ids[j], "title": title_of(ids[j]), "similarity": float(sims[j])} for j in best],
             }
         )
     return {
@@ -58,7 +70,7 @@ def profile_summary(settings: Settings, user_id: str, top: int = 5) -> dict[str,
         "kinds": dict(zip(EVENT_KINDS, rec.kind_counts)),
         "horizons": horizons,
         "recent": [
-            {"item_id": h.item_id, "title": titles.get(h.item_id, h.item_id), "kind": EVENT_KINDS[h.kind], "ts": _iso(h.ts_ms)}
+            {"item_id": h.item_id, "title": title_of(h.item_id), "kind": EVENT_KINDS[h.kind], "ts": _iso(h.ts_ms)}
             for h in reversed(rec.history[-top:])
         ],
     }

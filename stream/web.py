@@ -1,0 +1,234 @@
+"""The worker's HTTP surface on Faust's own web server: health, metrics, profiles, top-K.
+
+=============================  ===============================================================
+``GET /healthz``               JSON; 200 when the broker is reachable and the catalogue is
+                               loaded, 503 otherwise (readiness: route traffic here or not)
+``GET /metrics``               Prometheus text format (:mod:`stream.telemetry`)
+``GET /users/{id}/profile``    the profile summary ``recstream profile`` prints; 404 if unknown
+``GET /users/{id}/recommendations``  top-K now, by :meth:`Processor.recommend`; 404 if unknown
+=============================  ===============================================================
+
+Users are partitioned: a user's profile lives in the LMDB of the worker that owns the user's
+input partition. A user request that reaches another worker is forwarded to the owner, found
+from Faust's partition assignment (``app.router.external_topics_metadata()``, every member's
+URL and partitions) and the Kafka default partitioner (murmur2 of the key, as producers use).
+Faust's ``topic_route`` does the same but hashes with the producer's metadata, which knows
+only topics the worker produces to, so it cannot route by an input topic. A forwarded request
+carries ``X-Recstream-Routed`` and is never forwarded twice; the owner answers 404 when it
+does not know the user. During a rebalance (no owner known) the answer is 503.
+
+Reads use LMDB read transactions (snapshots: they never block the writer). They run on the
+worker's store thread because the in-memory catalogue is only consistent there, so a request
+waits for at most the flush in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import faust
+from aiokafka.partitioner import DefaultPartitioner
+from faust.web import Request, Response, View
+from yarl import URL
+
+from stream.inspect import summarise_profile
+from stream.telemetry import CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from stream.app import WorkerContext
+
+__all__ = ["BrokerProbe", "health", "register_views"]
+
+log = logging.getLogger(__name__)
+
+ROUTED_HEADER = "X-Recstream-Routed"
+
+
+class BrokerProbe:
+    """Is any bootstrap broker accepting TCP connections? Cached for ``ttl_s``.
+
+    A connect, not a Kafka request: cheap enough for every probe, and what an orchestrator
+    needs to know (the Kafka clients reconnect by themselves once the broker is back).
+    """
+
+    def __init__(self, bootstrap: str, timeout_s: float = 2.0, ttl_s: float = 2.0) -> None:
+        self.servers = [s.rsplit(":", 1) for s in bootstrap.split(",") if s]
+        self.timeout_s = timeout_s
+        self.ttl_s = ttl_s
+        self._checked = float("-inf")
+        self._result: tuple[bool, str | None] = (False, "not checked")
+
+    async def check(self) -> tuple[bool, str | None]:
+        if time.monotonic() - self._checked < self.ttl_s:
+            return self._result
+        error = "no bootstrap servers"
+        for host, port in self.servers:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), self.timeout_s)
+            except (OSError, asyncio.TimeoutError) as exc:
+                error = f"{host}:{port}: {exc or type(exc).__name__}"
+                continue
+            writer.close()
+            self._result = (True, None)
+            break
+        else:
+            self._result = (False, error)
+        self._checked = time.monotonic()
+        return self._result
+
+
+async def health(app: faust.App, ctx: WorkerContext, probe: BrokerProbe) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) of ``/healthz``."""
+    reachable, error = await probe.check()
+    try:
+        assigned = sorted(f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment())
+    except Exception:  # consumer not started yet
+        assigned = []
+    ready = ctx.ready.is_set()
+    status = "ok" if reachable and ready else ("broker unreachable" if not reachable else "starting")
+    body = {
+        "status": status,
+        "broker": {"reachable": reachable, "error": error},
+        "consumer": {"assigned_partitions": assigned, "rebalancing": bool(app.rebalancing)},
+        "catalogue": {"ready": ready, "items": len(ctx.catalogue or ())},
+        "pending_events": ctx.buffer.pending,
+        "last_flush_age_s": ctx.metrics.last_flush_age_s(),
+    }
+    return (200 if status == "ok" else 503), body
+
+
+def consumer_lag(app: faust.App, ctx: WorkerContext) -> list[tuple[str, int, int]]:
+    """(topic, partition, lag) per assigned input partition: high-water − (applied + 1).
+
+    The applied offset is the store's (committed with the profiles); a partition with
+    nothing applied yet counts from offset 0. Partitions without a fetched high-water mark
+    yet are left out.
+    """
+    if ctx.store is None:
+        return []
+    try:
+        assignment = app.consumer.assignment()
+    except Exception:
+        return []
+    inputs = set(ctx.settings.topics.inputs.values())
+    with ctx.store.read() as txn:
+        applied = txn.get_offsets()
+    out = []
+    for tp in sorted(assignment):
+        if tp.topic not in inputs:
+            continue
+        try:
+            highwater = app.consumer.highwater(tp)
+        except Exception:
+            highwater = None
+        if highwater is not None:
+            out.append((tp.topic, tp.partition, max(0, highwater - applied.get((tp.topic, tp.partition), -1) - 1)))
+    return out
+
+
+def owner_url(app: faust.App, topic: str, user_id: str) -> URL | None:
+    """The web URL of the worker that owns ``user_id``'s partition of ``topic``, if known."""
+    partitions = app.consumer.topic_partitions(topic)
+    if not partitions:
+        return None
+    partition = DefaultPartitioner()(user_id.encode(), list(range(partitions)), list(range(partitions)))
+    for url, topics in app.router.external_topics_metadata().items():
+        if partition in topics.get(topic, ()):
+            return URL(url)
+    return None
+
+
+def profile_of(ctx: WorkerContext, user_id: str) -> dict[str, Any] | None:
+    """The user's profile summary, as ``recstream profile --json`` prints it; None if unknown."""
+    assert ctx.store is not None and ctx.catalogue is not None
+    with ctx.store.read() as txn:
+        rec = txn.get_profile(user_id)
+        if rec is None:
+            return None
+
+        def title_of(item_id: str) -> str:
+            item = txn.get_item(item_id)
+            return item.title if item is not None else item_id
+
+        return summarise_profile(ctx.settings, rec, ctx.catalogue.ids, ctx.catalogue.matrix, title_of)
+
+
+def recommendations_for(ctx: WorkerContext, user_id: str) -> dict[str, Any] | None:
+    """Top-K for the user's stored profile by the flush's own scoring; None if unknown.
+
+    The same record a flush would emit now (seen items excluded per ``ranking.exclude_seen``).
+    """
+    assert ctx.store is not None and ctx.processor is not None
+    with ctx.store.read() as txn:
+        rec = txn.get_profile(user_id)
+        seen = txn.get_seen(user_id) if rec is not None else set()
+    if rec is None:
+        return None
+    out = ctx.processor.recommend([rec], {user_id: seen})
+    return out[0] if out else {"user_id": user_id, "ts": rec.last_ts_ms, "items": [],
+                               "event_count": rec.event_count, "profile_version": rec.version}
+
+
+def _same_node(a: URL, b: URL) -> bool:
+    return (a.host, a.port) == (b.host, b.port)
+
+
+def register_views(app: faust.App, ctx: WorkerContext) -> None:
+    """Add the views to ``app``'s web server and give the metrics their lag source."""
+    probe = BrokerProbe(ctx.settings.broker.bootstrap)
+    route_topic = next(iter(ctx.settings.topics.inputs.values()))  # inputs are co-partitioned
+    ctx.metrics.lag = lambda: consumer_lag(app, ctx)
+
+    async def on_store_thread(fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(ctx.executor, fn, ctx, *args)
+
+    async def routed(view: View, request: Request, user_id: str, local: Any) -> Response:
+        """Answer locally when this worker owns the user, else forward to the owner."""
+        if not ctx.ready.is_set():
+            return view.json({"error": "worker starting"}, status=503)
+        if request.headers.get(ROUTED_HEADER) is None:
+            try:
+                owner = owner_url(app, route_topic, user_id)
+            except Exception:  # consumer not started or no assignment yet
+                owner = None
+            if owner is None:
+                return view.json({"error": "partition owner unknown (rebalancing?)"}, status=503)
+            if not _same_node(owner, URL(str(app.conf.canonical_url))):
+                return await forward(view, request, owner)
+        body = await on_store_thread(local, user_id)
+        if body is None:
+            return view.json({"error": f"unknown user {user_id!r}"}, status=404)
+        return view.json(body)
+
+    async def forward(view: View, request: Request, owner: URL) -> Response:
+        url = request.url.with_scheme(owner.scheme or "http").with_host(owner.host or "").with_port(owner.port)
+        try:
+            async with app.http_client.get(url, headers={ROUTED_HEADER: "1"}) as response:
+                return view.bytes(await response.read(), content_type=response.content_type, status=response.status)
+        except Exception as exc:
+            log.warning("forwarding %s to %s failed: %s", request.url.path, owner, exc)
+            return view.json({"error": f"owner {owner} unreachable", "owner": str(owner)}, status=502)
+
+    @app.page("/healthz")
+    class Healthz(View):
+        async def get(self, request: Request) -> Response:
+            status, body = await health(app, ctx, probe)
+            return self.json(body, status=status)
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(ctx.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    @app.page("/users/{user_id}/profile")
+    class UserProfile(View):
+        async def get(self, request: Request, user_id: str) -> Response:
+            return await routed(self, request, user_id, profile_of)
+
+    @app.page("/users/{user_id}/recommendations")
+    class UserRecommendations(View):
+        async def get(self, request: Request, user_id: str) -> Response:
+            return await routed(self, request, user_id, recommendations_for)
