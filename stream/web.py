@@ -130,15 +130,16 @@ def consumer_lag(app: faust.App, ctx: WorkerContext) -> list[tuple[str, int, int
 
 
 def owner_url(app: faust.App, topic: str, user_id: str) -> URL | None:
-    """The web URL of the worker that owns ``user_id``'s partition of ``topic``, if known."""
-    partitions = app.consumer.topic_partitions(topic)
-    if not partitions:
+    """The web URL of the worker that owns ``user_id``'s partition of ``topic``, if known.
+
+    The partition count comes from the assignment itself (every partition has an owner), as
+    the consumer's own topic metadata is only kept on the group leader.
+    """
+    owners = {p: url for url, topics in app.router.external_topics_metadata().items() for p in topics.get(topic, ())}
+    if not owners:
         return None
-    partition = DefaultPartitioner()(user_id.encode(), list(range(partitions)), list(range(partitions)))
-    for url, topics in app.router.external_topics_metadata().items():
-        if partition in topics.get(topic, ()):
-            return URL(url)
-    return None
+    partitions = list(range(max(owners) + 1))
+    return URL(owners[DefaultPartitioner()(user_id.encode(), partitions, partitions)])
 
 
 def profile_of(ctx: WorkerContext, user_id: str) -> dict[str, Any] | None:

@@ -72,12 +72,11 @@ def wait_until(check, what: str, proc: subprocess.Popen, log_path: Path, timeout
     raise AssertionError(f"timed out waiting for {what}:\n{log_path.read_text()[-3000:]}")
 
 
-def start_worker(settings, port: int, log_path: Path) -> subprocess.Popen:
+def start_worker(settings, port: int, log_path: Path, **env: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "stream.cli", "--broker", settings.broker.url, "--store", str(settings.store.path),
            "--topic-prefix", settings.topics.prefix, "worker", "--web-port", str(port)]
     env = {**os.environ, "RECSTREAM_APP_ID": settings.app_id, "RECSTREAM_WEB_HOST": "127.0.0.1",
-           "RECSTREAM_WEB_ADVERTISED_URL": f"http://127.0.0.1:{port}", "RECSTREAM_LOG_FORMAT": "json",
-           "RECSTREAM_WINDOWS__IDLE_FLUSH_S": "3600"}
+           "RECSTREAM_WEB_ADVERTISED_URL": f"http://127.0.0.1:{port}", "RECSTREAM_LOG_FORMAT": "json", **env}
     return subprocess.Popen(cmd, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env)
 
 
@@ -112,7 +111,7 @@ def test_http_api_metrics_health_and_graceful_shutdown(own_broker, ml100k_dir, t
     port, log_path = free_port(), tmp_path / "worker.log"
     base = f"http://127.0.0.1:{port}"
     topics = settings.topics.inputs
-    proc = start_worker(settings, port, log_path)
+    proc = start_worker(settings, port, log_path, RECSTREAM_WINDOWS__IDLE_FLUSH_S="3600")
     try:
         health = wait_until(lambda: (h := get_json(f"{base}/healthz"))[0] == 200 and h[1], "healthy", proc, log_path, 240)
         assert health["broker"]["reachable"] and health["catalogue"] == {"ready": True, "items": len(items)}
@@ -176,7 +175,7 @@ def test_http_api_metrics_health_and_graceful_shutdown(own_broker, ml100k_dir, t
         assert any("shutdown: flushed 3 pending events" in line["message"] for line in lines)
 
         # a restarted worker serves what the first one stored; with the broker gone it is unhealthy
-        proc = start_worker(settings, port, log_path)
+        proc = start_worker(settings, port, log_path, RECSTREAM_WINDOWS__IDLE_FLUSH_S="3600")
         wait_until(lambda: get_json(f"{base}/healthz")[0] == 200, "healthy again", proc, log_path, 240)
         status, profile = get_json(f"{base}/users/late/profile")
         assert status == 200 and profile["event_count"] == 3
