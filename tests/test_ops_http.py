@@ -182,6 +182,8 @@ def test_http_api_metrics_health_and_graceful_shutdown(own_broker, ml100k_dir, t
         own_broker.stop()
         status, health = wait_until(lambda: (h := get_json(f"{base}/healthz"))[0] == 503 and h, "unhealthy", proc, log_path, 30)
         assert health["status"] == "broker unreachable" and not health["broker"]["reachable"]
+        proc.kill()  # a graceful stop without a broker waits out Kafka client timeouts
+        proc.wait()
     finally:
         producer.close()
         stop(proc)
