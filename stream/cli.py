@@ -57,6 +57,12 @@ def cli(ctx: click.Context, config, broker, model, store, topic_prefix, log_leve
     ctx.obj = _Obj(config, overrides)
 
 
+def _configure_logging(level: str, fmt: str = "text") -> None:
+    from stream.logs import configure_logging
+
+    configure_logging(level, fmt)
+
+
 @cli.command()
 @click.option("--port", type=int, help="Port to listen on (default: the --broker URL's port).")
 @click.pass_obj
