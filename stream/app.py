@@ -28,6 +28,7 @@ from stream.config import Settings
 from stream.deadletter import dead_letter, reason_category
 from stream.events import InvalidEvent, parse_event
 from stream.processor import Processor
+from stream.security import aiokafka_config, faust_credentials
 from stream.windows import UserWindow, WindowBuffer
 
 __all__ = ["WorkerContext", "create_app"]
@@ -96,18 +97,6 @@ class WorkerContext:
         return len(changed)
 
 
-def _faust_credentials(settings: Settings) -> Any:
-    b = settings.broker
-    if b.sasl_mechanism and b.sasl_username and b.sasl_password:
-        return faust.SASLCredentials(
-            username=b.sasl_username,
-            password=b.sasl_password.get_secret_value(),
-            mechanism=b.sasl_mechanism,
-            ssl_context=None,
-        )
-    return None
-
-
 def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
     """Build the Faust app and its worker context for ``settings``."""
     s = settings
@@ -115,7 +104,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         s.app_id,
         broker=s.broker.url,
         broker_consumer=s.broker.url.replace("kafka://", "recstream://", 1),
-        broker_credentials=_faust_credentials(s),
+        broker_credentials=faust_credentials(s.broker),
         store="memory://",
         autodiscover=False,
         datadir=str(s.store.path.parent / "faust"),
@@ -173,7 +162,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         """
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(ctx.executor, ctx.open)
-        consumer = AIOKafkaConsumer(bootstrap_servers=s.broker.bootstrap, group_id=None, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(**aiokafka_config(s.broker), group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:
             partitions = consumer.partitions_for_topic(s.topics.items)

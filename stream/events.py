@@ -15,7 +15,10 @@ from datetime import datetime
 from stream.payloads import PayloadError, decode_object
 from stream.config import EVENT_KINDS, LimitSettings, WindowSettings
 
-__all__ = ["Event", "InvalidEvent", "parse_event", "parse_ts_ms"]
+__all__ = ["Event", "InvalidEvent", "MAX_ID_BYTES", "parse_event", "parse_ts_ms"]
+
+#: Ids become LMDB keys, which hold at most 511 bytes: the limit applies to the UTF-8 form.
+MAX_ID_BYTES = 511
 
 
 class InvalidEvent(ValueError):
@@ -52,7 +55,10 @@ def parse_ts_ms(ts: object) -> int:
             raise InvalidEvent(f"ts is not RFC 3339: {ts[:40]!r}") from None
         if parsed.tzinfo is None:
             raise InvalidEvent("ts needs a timezone offset (RFC 3339)")
-        return int(parsed.timestamp() * 1000)
+        try:
+            return int(parsed.timestamp() * 1000)
+        except (OverflowError, ValueError, OSError):
+            raise InvalidEvent(f"ts out of range: {ts[:40]!r}") from None
     raise InvalidEvent(f"ts must be epoch milliseconds or an RFC 3339 string, got {type(ts).__name__}")
 
 
@@ -71,7 +77,21 @@ def _id(obj: dict, field: str, limits: LimitSettings) -> str:
         raise InvalidEvent(f"{field} is empty")
     if len(value) > limits.max_id_chars:
         raise InvalidEvent(f"{field} longer than {limits.max_id_chars} characters")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates (orjson refuses them; other callers may not)
+        raise InvalidEvent(f"{field} is not valid Unicode") from None
+    if size > MAX_ID_BYTES:
+        raise InvalidEvent(f"{field} longer than {MAX_ID_BYTES} UTF-8 bytes")
     return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_event(
@@ -97,8 +117,7 @@ def parse_event(
 
     user_id = _id(obj, "user_id", limits)
     item_id = _id(obj, "item_id", limits)
-    key_text = key.decode("utf-8", "replace") if key is not None else None
-    if key_text != user_id:
+    if key != user_id.encode("utf-8"):
         raise InvalidEvent("record key must equal user_id")
     if "ts" not in obj:
         raise InvalidEvent("missing ts")
@@ -113,6 +132,8 @@ def parse_event(
             raise InvalidEvent("text must be a string")
         if len(text) > limits.max_text_chars:
             raise InvalidEvent(f"text longer than {limits.max_text_chars} characters")
+        if not _encodable(text):
+            raise InvalidEvent("text is not valid Unicode")
     value = obj.get("value")
     if value is not None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -120,7 +141,7 @@ def parse_event(
         value = float(value)
     event_id = obj.get("event_id")
     if event_id is not None:
-        if not isinstance(event_id, str) or not event_id or len(event_id) > limits.max_id_chars:
+        if not isinstance(event_id, str) or not event_id or len(event_id) > limits.max_id_chars or not _encodable(event_id):
             raise InvalidEvent(f"event_id must be a non-empty string of at most {limits.max_id_chars} characters")
 
     return Event(
