@@ -15,7 +15,7 @@ from datetime import datetime
 from stream.payloads import PayloadError, decode_object
 from stream.config import EVENT_KINDS, LimitSettings, WindowSettings
 
-__all__ = ["Event", "InvalidEvent", "MAX_ID_BYTES", "parse_event", "parse_ts_ms"]
+__all__ = ["Event", "InvalidEvent", "MAX_ID_BYTES", "parse_event", "parse_id", "parse_ts_ms"]
 
 #: Ids become LMDB keys, which hold at most 511 bytes: the limit applies to the UTF-8 form.
 MAX_ID_BYTES = 511
@@ -67,7 +67,8 @@ def _min_ts_ms(min_ts: str) -> int:
     return parse_ts_ms(min_ts)
 
 
-def _id(obj: dict, field: str, limits: LimitSettings) -> str:
+def parse_id(obj: dict, field: str, limits: LimitSettings) -> str:
+    """``obj[field]`` as a non-empty id within the limits (ints are accepted as text)."""
     value = obj.get(field)
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # tolerate numeric ids; they are compared as strings
@@ -115,8 +116,8 @@ def parse_event(
     except PayloadError as exc:
         raise InvalidEvent(str(exc)) from None
 
-    user_id = _id(obj, "user_id", limits)
-    item_id = _id(obj, "item_id", limits)
+    user_id = parse_id(obj, "user_id", limits)
+    item_id = parse_id(obj, "item_id", limits)
     if key != user_id.encode("utf-8"):
         raise InvalidEvent("record key must equal user_id")
     if "ts" not in obj:
