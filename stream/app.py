@@ -29,7 +29,7 @@ from stream.config import Settings
 from stream.deadletter import dead_letter, reason_category
 from stream.control import parse_control, publish_tombstones
 from stream.events import InvalidEvent, parse_event
-from stream.privacy import Pseudonymiser
+from stream.privacy import Pseudonymiser, guard_payload_logs
 from stream.processor import Processor
 from stream.security import aiokafka_config, faust_credentials
 from stream.windows import UserWindow, WindowBuffer
@@ -128,6 +128,8 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
     # The control topic rides with the inputs: same group, same partitions (stream.control).
     inputs = app.topic(*s.topics.inputs.values(), s.topics.control, **raw)
     pseudonyms = Pseudonymiser(s.privacy)
+    if pseudonyms.enabled:
+        guard_payload_logs()
     recommendations = app.topic(s.topics.recommendations, **raw)
     dlq = app.topic(s.topics.dlq, **raw)
 

