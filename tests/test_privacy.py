@@ -146,3 +146,15 @@ def test_pseudonyms_are_keyed_stable_and_hide_the_salt(caplog):
         load_settings(None, privacy={"pseudonymise": True})
     with pytest.raises(ValueError, match="at least 16"):
         load_settings(None, privacy={"pseudonymise": True, "salt": "short"})
+
+
+def test_cli_forget_offline_without_a_store_is_one_line(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from stream.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["recstream", "--store", str(tmp_path / "none"), "forget", "u1", "--offline"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.strip() == f"recstream: error: no store at {tmp_path / 'none'}"

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
 
 from store import LmdbStore
 from stream.config import PrivacySettings
-from stream.control import forget_locally, request_forget
+from stream.control import changelog_topic, forget_locally, request_forget
 from stream.kafka_io import ensure_topics, publish_items
 from stream.privacy import Pseudonymiser
 from tests.corpus.hostile import TS, event_cases, item_cases
@@ -208,8 +209,18 @@ def test_pseudonymised_store_and_logs_hold_no_user_id(settings, producer, tmp_pa
         assert [txn.get_profile(pseudonyms.store_id(u)).event_count for u in users] == [3, 3]
 
     # offline forget (worker stopped), keyed by the real id, erases the pseudonym's data
+    changelog = changelog_topic(settings)  # a deployment with a profiles changelog gets a tombstone there too
+    admin = KafkaAdminClient(bootstrap_servers=settings.broker.bootstrap)
+    admin.create_topics([NewTopic(changelog, 1, 1, topic_configs={"cleanup.policy": "compact"})])
+    admin.close()
     erased, tombstoned = forget_locally(private, users[0])
-    assert erased and tombstoned == [settings.topics.recommendations]
+    assert erased and tombstoned == sorted([changelog, settings.topics.recommendations])
+    reader = TopicReader(settings, changelog)
+    deadline = time.monotonic() + 20
+    while not reader.poll() and time.monotonic() < deadline:
+        pass
+    reader.close()
+    assert reader.records == [(pseudonyms.store_id(users[0]).encode(), None)]  # keyed like the store
     assert traces(settings.store.path, pseudonyms.store_id(users[0])) == []
     assert traces(settings.store.path, pseudonyms.store_id(users[1])) != []
     digest = hashlib.blake2b(pseudonyms.store_id(users[0]).encode(), digest_size=16).digest()
