@@ -216,7 +216,12 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         async with ctx.flush_lock:
             loop = asyncio.get_running_loop()
             erased = await loop.run_in_executor(ctx.executor, ctx.store.forget_user, pseudonyms.store_id(command.user_id))
-        topics = await publish_tombstones(s, command.user_id)
+        try:
+            topics = await publish_tombstones(s, command.user_id)
+        except Exception as exc:  # noqa: BLE001 - the erasure stands; the agent must not die
+            log.error("forget request at %s:%d: store erased, tombstones not sent (%s); run recstream forget again",
+                      m.topic, m.partition, type(exc).__name__)
+            topics = []
         ctx.stats["users.forgotten"] += 1
         log.info("forget request at %s:%d done: %s; tombstones to %s", m.topic, m.partition,
                  "profile erased" if erased else "nothing was stored", ", ".join(topics) or "no topic")

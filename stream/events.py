@@ -19,6 +19,8 @@ __all__ = ["Event", "InvalidEvent", "MAX_ID_BYTES", "parse_event", "parse_id", "
 
 #: Ids become LMDB keys, which hold at most 511 bytes: the limit applies to the UTF-8 form.
 MAX_ID_BYTES = 511
+#: Beyond any plausible epoch-ms value (year ~33,700); keeps reasons short and ints small.
+_MAX_ABS_TS_MS = 10**15
 
 
 class InvalidEvent(ValueError):
@@ -47,6 +49,8 @@ def parse_ts_ms(ts: object) -> int:
     if isinstance(ts, (int, float)):
         if not math.isfinite(ts):
             raise InvalidEvent("ts is not finite")
+        if abs(ts) > _MAX_ABS_TS_MS:
+            raise InvalidEvent("ts out of range (epoch milliseconds expected)")
         return int(ts)
     if isinstance(ts, str):
         try:

@@ -14,7 +14,7 @@ from stream.catalog import InvalidItem, parse_item
 from stream.config import EVENT_KINDS, LimitSettings, WindowSettings
 
 from stream.events import MAX_ID_BYTES, Event, InvalidEvent, parse_event, parse_ts_ms
-from tests.corpus.hostile import event_cases, item_cases
+from corpus.hostile import event_cases, item_cases
 
 NOW = int(time.time() * 1000)
 LIMITS = LimitSettings()

@@ -25,8 +25,8 @@ from stream.config import PrivacySettings
 from stream.control import changelog_topic, forget_locally, request_forget
 from stream.kafka_io import ensure_topics, publish_items
 from stream.privacy import Pseudonymiser
-from tests.corpus.hostile import TS, event_cases, item_cases
-from tests.test_privacy import store_rows, traces
+from corpus.hostile import TS, event_cases, item_cases
+from corpus.store_scan import store_rows, traces
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

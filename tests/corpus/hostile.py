@@ -63,6 +63,7 @@ def event_cases(user: str = "victim", known_item: str = "1") -> list[Case]:
         Case("NaN ts", k, b'{' + ok + b',"ts":NaN}', "malformed JSON"),
         Case("Infinity ts", k, b'{' + ok + b',"ts":Infinity}', "malformed JSON"),
         Case("1e400 ts", k, b'{' + ok + b',"ts":1e400}', "malformed JSON"),
+        Case("1e180 ts", k, b"{" + ok + b',"ts":1e180}', "ts out of range"),
         Case("NaN value", k, b'{' + ok + b',"ts":1700000000000,"value":NaN}', "malformed JSON"),
         Case("negative ts", k, _event(user, item_id=known_item, ts=-1), "absurd timestamp"),
         Case("far-future epoch ts", k, _event(user, item_id=known_item, ts=32_503_680_000_000), "absurd timestamp"),
