@@ -1,6 +1,6 @@
 """The LMDB environment that holds items, profiles, seen items, offsets and counters.
 
-Layout: one environment (a directory), six named databases, keys are UTF-8 ids of at most
+Layout: one environment (a directory), seven named databases, keys are UTF-8 ids of at most
 511 bytes (LMDB's key limit; longer or empty ids raise ``ValueError``):
 
 ============  ==========================  =============================================
@@ -9,6 +9,7 @@ database      key                         value
 items         item id                     :func:`store.records.encode_item`
 profiles      user id                     :func:`store.records.encode_profile`
 seen          user id (dupsort)           one value per item id the user interacted with
+event_ids     blake2b(user) blake2b(eid)  empty: an applied event id (dedupe)
 offsets       topic ``\\0`` partition u32  highest consumed input offset, int64
 counters      counter name                int64
 meta          name                        ``schema`` -> layout version
@@ -46,6 +47,7 @@ store in another process (``recstream inspect``) adopts the new size on its next
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import struct
 import threading
@@ -64,7 +66,7 @@ __all__ = ["LmdbStore", "ReadTxn", "StoreError", "WriteTxn"]
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-DB_NAMES = ("items", "profiles", "seen", "offsets", "counters", "meta")
+DB_NAMES = ("items", "profiles", "seen", "event_ids", "offsets", "counters", "meta")
 MAX_KEY_BYTES = 511
 GROW_AT = 0.70
 #: Waiting longer than this for read transactions to end before growing the map is an error.
@@ -84,6 +86,10 @@ def _key(kind: str, value: str) -> bytes:
     if not b or len(b) > MAX_KEY_BYTES:
         raise ValueError(f"{kind} id must be 1..{MAX_KEY_BYTES} UTF-8 bytes, got {len(b)}: {value[:40]!r}")
     return b
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.blake2b(value.encode("utf-8"), digest_size=16).digest()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -183,8 +189,18 @@ class WriteTxn(ReadTxn):
         value = (_I64.unpack(old)[0] if old is not None else 0) + n
         self._apply("put", "counters", key, _I64.pack(value))
 
+    def add_event_id(self, user_id: str, event_id: str) -> bool:
+        """Record that the user's event ``event_id`` was applied; False if it already was.
+
+        Keys are fixed-size digests (user, event id), so any id fits LMDB's key limit and a
+        user's entries form one key range that :meth:`forget` deletes.
+        """
+        _key("user", user_id)
+        return self._apply("add", "event_ids", _digest(user_id) + _digest(event_id), b"")
+
     def forget(self, user_id: str) -> bool:
-        """Delete the user's profile and seen set; True if either existed.
+        """Delete the user's profile (history, counts, applied offsets), seen set and event
+        ids; True if any existed. Aggregate counters hold no user id and are kept.
 
         The ids leave every database. LMDB reuses freed pages later, so old bytes can remain
         in the file until then; copy the environment with compaction to purge them at once.
@@ -192,7 +208,17 @@ class WriteTxn(ReadTxn):
         key = _key("user", user_id)
         had_profile = self._apply("delete", "profiles", key, b"")
         had_seen = self._apply("delete", "seen", key, b"")  # b"" value: all duplicates
-        return bool(had_profile or had_seen)
+        prefix = _digest(user_id)
+        cur = self._txn.cursor(db=self._dbs["event_ids"])
+        doomed = []
+        if cur.set_range(prefix):
+            for k in cur.iternext(keys=True, values=False):
+                if not k.startswith(prefix):
+                    break
+                doomed.append(k)
+        for k in doomed:
+            self._apply("delete", "event_ids", k, b"")
+        return bool(had_profile or had_seen or doomed)
 
     def _apply(self, op: str, db_name: str, key: bytes, value: bytes) -> bool:
         entry = (op, db_name, key, value)
@@ -209,6 +235,8 @@ class WriteTxn(ReadTxn):
         try:
             if op == "put":
                 return self._txn.put(key, value, db=db, dupdata=False)
+            if op == "add":  # insert unless present; False when it was
+                return self._txn.put(key, value, db=db, overwrite=False)
             return self._txn.delete(key, value, db=db)
         except lmdb.MapFullError:
             raise
@@ -292,6 +320,15 @@ class LmdbStore:
         if schema != SCHEMA_VERSION:
             raise StoreError(f"{self.path} has store schema {schema}, this code reads {SCHEMA_VERSION}")
         return dbs
+
+    def forget_user(self, user_id: str) -> bool:
+        """Erase everything the store holds about ``user_id`` in one write transaction.
+
+        True if anything was there. Call it on the store's writer thread (the worker's
+        executor), like any write block.
+        """
+        with self.write() as w:
+            return w.forget(user_id)
 
     def close(self) -> None:
         """Close the environment; idempotent. No transaction may be open."""

@@ -11,6 +11,7 @@ This module only wires; the maths lives in :mod:`stream.processor` and below. Da
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -26,9 +27,12 @@ from store import ItemRecord, LmdbStore
 from stream.catalog import Catalogue, InvalidItem, item_text, parse_item
 from stream.config import Settings
 from stream.deadletter import dead_letter, reason_category
+from stream.control import parse_control, publish_tombstones
 from stream.events import InvalidEvent, parse_event
+from stream.privacy import Pseudonymiser, guard_payload_logs
 from stream.processor import Processor
 from stream.telemetry import WorkerMetrics
+from stream.security import aiokafka_config, faust_credentials
 from stream.windows import UserWindow, WindowBuffer
 
 __all__ = ["WorkerContext", "create_app"]
@@ -106,18 +110,6 @@ class WorkerContext:
         return len(changed)
 
 
-def _faust_credentials(settings: Settings) -> Any:
-    b = settings.broker
-    if b.sasl_mechanism and b.sasl_username and b.sasl_password:
-        return faust.SASLCredentials(
-            username=b.sasl_username,
-            password=b.sasl_password.get_secret_value(),
-            mechanism=b.sasl_mechanism,
-            ssl_context=None,
-        )
-    return None
-
-
 def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
     """Build the Faust app and its worker context for ``settings``."""
     s = settings
@@ -125,7 +117,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         s.app_id,
         broker=s.broker.url,
         broker_consumer=s.broker.url.replace("kafka://", "recstream://", 1),
-        broker_credentials=_faust_credentials(s),
+        broker_credentials=faust_credentials(s.broker),
         store="memory://",
         autodiscover=False,
         datadir=str(s.store.path.parent / "faust"),
@@ -144,7 +136,11 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
     ctx = WorkerContext(s)
     kind_of_topic = {topic: kind for kind, topic in s.topics.inputs.items()}
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-    inputs = app.topic(*s.topics.inputs.values(), **raw)
+    # The control topic rides with the inputs: same group, same partitions (stream.control).
+    inputs = app.topic(*s.topics.inputs.values(), s.topics.control, **raw)
+    pseudonyms = Pseudonymiser(s.privacy)
+    if pseudonyms.enabled:
+        guard_payload_logs()
     recommendations = app.topic(s.topics.recommendations, **raw)
     dlq = app.topic(s.topics.dlq, **raw)
 
@@ -164,8 +160,11 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             for event, reason in result.rejected:
                 topic, partition = event.source.rsplit(":", 1)
                 await send_dead_letter(_raw_of(windows, event), topic, int(partition), event.offset, reason)
+            original = {w.user_id: w.handles[0].message.key for w in windows if w.handles}  # pseudonym -> id
             for rec in result.recommendations:
-                await recommendations.send(key=rec["user_id"].encode(), value=orjson.dumps(rec))
+                key = original.get(rec["user_id"]) or rec["user_id"].encode()
+                rec["user_id"] = key.decode()
+                await recommendations.send(key=key, value=orjson.dumps(rec))
             for window in windows:
                 for handle in window.handles:
                     await ctx.stream.ack(handle)
@@ -185,7 +184,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         """
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(ctx.executor, ctx.open)
-        consumer = AIOKafkaConsumer(bootstrap_servers=s.broker.bootstrap, group_id=None, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(**aiokafka_config(s.broker), group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:
             partitions = consumer.partitions_for_topic(s.topics.items)
@@ -216,6 +215,29 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         finally:
             await consumer.stop()
 
+    async def control(fevent: Any) -> None:
+        """Run one control command; everything consumed before it is applied first."""
+        m = fevent.message
+        try:
+            command = parse_control(fevent.value, key=m.key, limits=s.limits)
+        except InvalidEvent as exc:
+            await send_dead_letter(fevent.value, m.topic, m.partition, m.offset, str(exc))
+            return
+        await flush(ctx.buffer.drain())
+        assert ctx.store is not None
+        async with ctx.flush_lock:
+            loop = asyncio.get_running_loop()
+            erased = await loop.run_in_executor(ctx.executor, ctx.store.forget_user, pseudonyms.store_id(command.user_id))
+        try:
+            topics = await publish_tombstones(s, command.user_id)
+        except Exception as exc:  # noqa: BLE001 - the erasure stands; the agent must not die
+            log.error("forget request at %s:%d: store erased, tombstones not sent (%s); run recstream forget again",
+                      m.topic, m.partition, type(exc).__name__)
+            topics = []
+        ctx.stats["users.forgotten"] += 1
+        log.info("forget request at %s:%d done: %s; tombstones to %s", m.topic, m.partition,
+                 "profile erased" if erased else "nothing was stored", ", ".join(topics) or "no topic")
+
     @app.agent(inputs)
     async def events(stream: faust.StreamT) -> None:
         ctx.stream = stream
@@ -225,6 +247,10 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             received = now_ms()
             for fevent in batch:
                 m = fevent.message
+                if m.topic == s.topics.control:
+                    await control(fevent)
+                    await stream.ack(fevent)
+                    continue
                 kind = kind_of_topic[m.topic]
                 try:
                     event = parse_event(
@@ -236,6 +262,8 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
                     await stream.ack(fevent)
                     continue
                 ctx.stats[f"consumed.{kind}"] += 1
+                if pseudonyms.enabled:
+                    event = dataclasses.replace(event, user_id=pseudonyms.store_id(event.user_id))
                 ctx.buffer.add(event, fevent)
             await flush(ctx.buffer.drain() if ctx.stopping else ctx.buffer.pop_ready())
 

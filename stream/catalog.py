@@ -59,7 +59,12 @@ def parse_item(payload: bytes | None, limits: LimitSettings) -> ItemMessage:
     if isinstance(item_id, int) and not isinstance(item_id, bool):
         item_id = str(item_id)
     if not isinstance(item_id, str) or not item_id.strip() or len(item_id) > limits.max_id_chars:
-        raise InvalidItem("item_id must be a non-empty string")
+        raise InvalidItem(f"item_id must be a non-empty string of at most {limits.max_id_chars} characters")
+    try:
+        if len(item_id.encode("utf-8")) > 511:  # an LMDB key
+            raise InvalidItem("item_id longer than 511 UTF-8 bytes")
+    except UnicodeEncodeError:
+        raise InvalidItem("item_id is not valid Unicode") from None
     if not isinstance(title, str) or not title.strip():
         raise InvalidItem("title must be a non-empty string")
     description = obj.get("description")

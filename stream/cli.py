@@ -249,6 +249,28 @@ def profile(obj: _Obj, user: str, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("user")
+@click.option("--offline", is_flag=True, help="Erase from the local --store now (its worker must be stopped).")
+@click.pass_obj
+def forget(obj: _Obj, user: str, offline: bool) -> None:
+    """Erase USER: profile, history, seen items, counts; tombstones on keyed topics.
+
+    By default a command goes to the control topic and the worker that owns USER executes
+    it. What is and is not erased: see stream/control.py and the README.
+    """
+    from stream.control import forget_locally, request_forget
+
+    settings = obj.settings()
+    if offline:
+        erased, topics = forget_locally(settings, user)
+        click.echo(f"{'erased' if erased else 'nothing stored for'} {user!r} in {settings.store.path}; "
+                   f"tombstones sent to {', '.join(topics) or 'no topic'}")
+    else:
+        topic = request_forget(settings, user)
+        click.echo(f"forget request for {user!r} sent to {topic}; the worker that owns the user erases it")
+
+
+@cli.command()
 @click.option("--limit", type=int, help="Publish only the first N ratings (time order).")
 @click.option("--rate", type=float, default=2000.0, show_default=True, help="Events per second to publish (0: as fast as possible).")
 @click.option("--from", "source", type=click.Path(exists=True, path_type=Path), help="Local copy of ml-100k (dir or wheel).")

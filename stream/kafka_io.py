@@ -42,17 +42,9 @@ class TopicError(RuntimeError):
 
 def client_config(settings: Settings) -> dict[str, Any]:
     """Connection settings shared by every kafka-python client (producer, consumer, admin)."""
-    broker = settings.broker
-    config: dict[str, Any] = {
-        "bootstrap_servers": broker.bootstrap.split(","),
-        "security_protocol": broker.security_protocol,
-    }
-    if broker.sasl_mechanism is not None:
-        config["sasl_mechanism"] = broker.sasl_mechanism
-        config["sasl_plain_username"] = broker.sasl_username
-        if broker.sasl_password is not None:
-            config["sasl_plain_password"] = broker.sasl_password.get_secret_value()
-    return config
+    from stream.security import kafka_python_config
+
+    return kafka_python_config(settings.broker)
 
 
 def ensure_topics(settings: Settings) -> None:
@@ -68,7 +60,7 @@ def ensure_topics(settings: Settings) -> None:
     topics = settings.topics
     wanted: dict[str, dict[str, Any]] = {
         name: {"num_partitions": topics.partitions, "replication_factor": 1 if _single_node(settings) else -1}
-        for name in [*topics.inputs.values(), topics.items, topics.recommendations, topics.dlq]
+        for name in [*topics.inputs.values(), topics.control, topics.items, topics.recommendations, topics.dlq]
     }
     wanted[topics.items]["configs"] = {"cleanup.policy": "compact"}
 
@@ -83,7 +75,7 @@ def ensure_topics(settings: Settings) -> None:
                 raise TopicError(f"cannot create topic {result['name']}: error {code} {result.get('error_message') or ''}".rstrip())
             else:
                 log.info("created topic %s (%d partitions)", result["name"], topics.partitions)
-        counts = _partition_counts(admin, list(topics.inputs.values()))
+        counts = _partition_counts(admin, [*topics.inputs.values(), topics.control])
     finally:
         admin.close()
     if len(set(counts.values())) > 1:
@@ -350,6 +342,8 @@ def tail(
 
 
 def _decode(record: Any) -> dict[str, Any] | None:
+    if record.value is None:
+        return None  # a tombstone: the user was forgotten (stream.control)
     try:
         rec = orjson.loads(record.value)
     except (orjson.JSONDecodeError, TypeError):

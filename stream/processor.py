@@ -149,6 +149,9 @@ class Processor:
                     if vector is None:
                         result.rejected.append((event, f"unknown item {event.item_id!r} and no text to encode"))
                         continue
+                    if event.event_id is not None and not txn.add_event_id(rec.user_id, event.event_id):
+                        result.rejected.append((event, f"duplicate event_id {event.event_id[:40]!r}"))
+                        continue
                     vectors.append(vector)
                     weights.append(self.kind_weights[event.kind])
                     ts.append(event.ts_ms)
