@@ -79,6 +79,7 @@ class CachedEncoder:
         self.cache = cache
         self.dim: int = encoder.dim
         self.model_id: str = encoder.model_id
+        self.adapter = getattr(encoder, "adapter", None)
         self.max_length: int | None = getattr(encoder, "max_length", None)
         self._namespace = f"{self.model_id}/max_length={self.max_length}"
 

@@ -37,6 +37,11 @@ class Manifest:
     pad_id: int = 0
     source_stat: str = ""  # names, sizes and mtimes of the source files: a fast cache lookup
     exporter: dict[str, str] = field(default_factory=dict)  # package versions used
+    #: Tuned models only (``recstream encoders tune``): the adapter file, its checksum, and
+    #: the base export whose graph the item head was appended to.
+    adapter: str = ""
+    adapter_sha256: str = ""
+    base_onnx_sha256: str = ""
     format_version: int = FORMAT_VERSION
 
 
@@ -75,6 +80,12 @@ def verify(directory: Path, variant: str | None = None) -> Manifest:
         raise EncoderError(f"{directory}: model.onnx is missing")
     if file_sha256(model) != manifest.onnx_sha256:
         raise EncoderError(f"{model}: checksum does not match its manifest (corrupt or replaced file); re-export the model")
+    if manifest.adapter:
+        adapter = directory / manifest.adapter
+        if not adapter.is_file():
+            raise EncoderError(f"{directory}: adapter file {manifest.adapter} is missing")
+        if file_sha256(adapter) != manifest.adapter_sha256:
+            raise EncoderError(f"{adapter}: checksum does not match its manifest (corrupt or replaced file); re-tune the model")
     if not (directory / manifest.tokenizer).is_file():
         raise EncoderError(f"{directory}: tokenizer file {manifest.tokenizer} is missing")
     return manifest

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from encoders.adapter import Adapter
 from encoders.manifest import EncoderError, verify
 
 if TYPE_CHECKING:
@@ -42,7 +43,10 @@ class OnnxTextEncoder:
     equal texts and ``max_length``, so it keys embedding caches.
     """
 
-    def __init__(self, export_dir: Path, provider: str = "auto", max_length: int = 128, batch_size: int = 64) -> None:
+    def __init__(
+        self, export_dir: Path, provider: str = "auto", max_length: int = 128, batch_size: int = 64,
+        normalise: bool | None = None,
+    ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -56,6 +60,10 @@ class OnnxTextEncoder:
         self.model_id: str = self.manifest.onnx_sha256
         self.max_length: int = min(int(max_length), self.manifest.max_length)
         self.batch_size = int(batch_size)
+        #: Tuned models keep their vectors' norms (they carry how likely an item is overall).
+        self.normalise = not self.manifest.adapter if normalise is None else normalise
+        #: A tuned model's behavioural side (residuals, query MLP, learned horizons), else None.
+        self.adapter: Adapter | None = Adapter.load(self.export_dir) if self.manifest.adapter else None
 
         available = ort.get_available_providers()
         if provider == "cuda" and CUDA not in available:
@@ -81,9 +89,10 @@ class OnnxTextEncoder:
         return list(self.session.get_providers())
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Vectors for ``texts``: float32 of shape ``(len(texts), dim)``, each row of norm 1.
+        """Vectors for ``texts``: float32 of shape ``(len(texts), dim)``.
 
-        Row *i* belongs to ``texts[i]``. Texts longer than ``max_length`` tokens are
+        Row *i* belongs to ``texts[i]``; rows have norm 1 unless the model is tuned (see
+        ``normalise``). Texts longer than ``max_length`` tokens are
         truncated; the empty string is a valid text; lone surrogates read as U+FFFD.
         """
         if isinstance(texts, str):
@@ -103,6 +112,8 @@ class OnnxTextEncoder:
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
             out[rows] = self._run([encodings[i] for i in rows])
+        if not self.normalise:
+            return out
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-12)  # int8/fp16 graphs drift slightly off norm 1
 

@@ -24,7 +24,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from store import ItemRecord, LmdbStore
-from stream.catalog import Catalogue, InvalidItem, item_text, parse_item
+from stream.catalog import Catalogue, InvalidItem, ItemMessage, item_text, item_vectors, parse_item
 from stream.config import Settings
 from stream.deadletter import dead_letter, reason_category
 from stream.control import parse_control, publish_tombstones
@@ -82,8 +82,14 @@ class WorkerContext:
         self.encoder = CachedEncoder(timed, EmbeddingCache(s.encoder.cache_dir / "embeddings.lmdb"))
         self.catalogue = Catalogue(encoder.dim)
         with self.store.read() as txn:
-            for item in txn.iter_items():
+            stored = list(txn.iter_items())
+        self.stale_items = _made_by_another_model(self.encoder, stored)
+        if self.stale_items:
+            log.warning("stored item vectors come from another model: re-encoding the catalogue as it is read")
+        else:
+            for item in stored:
                 self.catalogue.upsert(item.item_id, item.vector)
+        self.reencoded: set[str] = set()
         self.processor = Processor(s, self.store, self.catalogue, self.encoder)
         log.info("worker opened store %s with %d items, encoder %s", s.store.path, len(self.catalogue), encoder.providers)
 
@@ -97,10 +103,12 @@ class WorkerContext:
         texts = [item_text(i) for i in items]
         with self.store.read() as txn:
             stored = {i.item_id: txn.get_item(i.item_id) for i in items}
-        changed = [(i, t) for i, t in zip(items, texts) if (old := stored[i.item_id]) is None or old.text != t]
+        changed = [(i, t) for i, t in zip(items, texts)
+                   if (old := stored[i.item_id]) is None or old.text != t or (self.stale_items and i.item_id not in self.reencoded)]
+        self.reencoded.update(i.item_id for i, _ in changed)
         if not changed:
             return 0
-        vectors = self.encoder.encode([t for _, t in changed])
+        vectors = item_vectors(self.encoder, [i for i, _ in changed], [t for _, t in changed])
         stamp = now_ms()
         with self.store.write() as txn:
             for (item, text), vector in zip(changed, vectors):
@@ -290,6 +298,19 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             log.info("stats: %s pending=%d", dict(sorted(ctx.stats.items())), ctx.buffer.pending)
 
     return app, ctx
+
+
+def _made_by_another_model(encoder: Any, stored: list[ItemRecord], sample: int = 8) -> bool:
+    """True when the stored item vectors are not what ``encoder`` makes of their texts (the
+    worker was restarted with another or a re-tuned model): checked on a few items."""
+    probe = stored[:: max(1, len(stored) // sample)][:sample]
+    if not probe:
+        return False
+    if any(item.vector.shape != (encoder.dim,) for item in probe):
+        return True
+    messages = [ItemMessage(item.item_id, item.title, None, {}) for item in probe]
+    fresh = item_vectors(encoder, messages, [item.text for item in probe])
+    return not np.allclose(fresh, np.stack([item.vector for item in probe]), atol=1e-4)
 
 
 async def _caught_up(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:

@@ -13,7 +13,7 @@ import numpy as np
 from stream.payloads import PayloadError, decode_object
 from stream.config import LimitSettings
 
-__all__ = ["Catalogue", "InvalidItem", "ItemMessage", "item_text", "parse_item"]
+__all__ = ["Catalogue", "InvalidItem", "ItemMessage", "item_text", "item_vectors", "parse_item"]
 
 
 class InvalidItem(ValueError):
@@ -47,6 +47,14 @@ def item_text(item: ItemMessage) -> str:
     if item.description:
         parts.append(item.description)
     return ". ".join(parts)
+
+
+def item_vectors(encoder, items: list[ItemMessage], texts: list[str] | None = None) -> np.ndarray:
+    """The catalogue vectors of ``items``: the encoder's text vectors, plus, for a tuned
+    model, the learned residual of each item seen in tuning (one batched encoder call)."""
+    vectors = encoder.encode(texts if texts is not None else [item_text(i) for i in items])
+    adapter = getattr(encoder, "adapter", None)
+    return adapter.adapt_items([i.item_id for i in items], vectors) if adapter is not None else vectors
 
 
 def parse_item(payload: bytes | None, limits: LimitSettings) -> ItemMessage:
@@ -97,7 +105,7 @@ class Catalogue:
     @classmethod
     def from_items(cls, items: list[ItemMessage], encoder) -> "Catalogue":
         """Encode ``items`` (one batched call) into a new catalogue."""
-        vectors = encoder.encode([item_text(i) for i in items])
+        vectors = item_vectors(encoder, items)
         catalogue = cls(encoder.dim)
         for item, vector in zip(items, vectors):
             catalogue.upsert(item.item_id, vector)

@@ -124,7 +124,7 @@ def topics_create(obj: _Obj) -> None:
 
 @cli.group()
 def encoders() -> None:
-    """Export and inspect text encoders."""
+    """Export, tune and inspect text encoders."""
 
 
 @encoders.command("export")
@@ -145,6 +145,59 @@ def encoders_export(obj: _Obj, variant: str | None, out: Path | None) -> None:
     manifest = verify(path)
     click.echo(f"{path}: {manifest.variant}, dim {manifest.dim}, max length {manifest.max_length}, "
                f"sha256 {manifest.onnx_sha256[:12]}")
+
+
+@encoders.command("tune")
+@click.option("--dataset", type=click.Choice(["ml-100k"]), help="Tune on a bundled dataset.")
+@click.option("--events", "events_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSONL/CSV event file.")
+@click.option("--items", "items_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSONL item file (with --events).")
+@click.option("--from", "source", type=click.Path(exists=True, path_type=Path), help="Local copy of the dataset.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Model directory to write (default: in the cache).")
+@click.option("--epochs", type=int, help="Most epochs (default: tune.epochs).")
+@click.option("--max-minutes", type=float, help="Time budget (default: tune.max_minutes).")
+@click.option("--holdout-items", type=float, help="Fraction of items kept out of tuning (cold-start checks).")
+@click.option("--seed", type=int, help="Random seed (default: tune.seed).")
+@click.option("--json", "as_json", is_flag=True, help="Print the tuning report as one JSON object.")
+@click.pass_obj
+def encoders_tune(obj: _Obj, dataset, events_path, items_path, source, out, epochs, max_minutes, holdout_items, seed, as_json) -> None:
+    """Adapt the encoder to behaviour: learn an item head, residuals, horizons and a query MLP."""
+    from rich.console import Console
+
+    from encoders import CachedEncoder, EmbeddingCache, load_encoder
+    from encoders.tune import tune
+    from stream.catalog import item_text
+    from stream.sources import dataset_source, file_source
+
+    if (dataset is None) == (events_path is None):
+        raise click.UsageError("give exactly one of --dataset or --events (with --items)")
+    if events_path is not None and items_path is None:
+        raise click.UsageError("--events needs --items (the catalogue)")
+    settings = obj.settings(tune={"epochs": epochs, "max_minutes": max_minutes, "holdout_items": holdout_items, "seed": seed})
+    events, items = dataset_source(dataset, settings, source) if dataset else file_source(events_path, items_path, settings)
+    console = Console(stderr=True, quiet=as_json)
+    base = load_encoder(settings.encoder)
+    if base.adapter is not None:
+        raise click.UsageError(f"{base.export_dir} is already tuned: tune from a base model (--model)")
+    with console.status(f"Embedding {len(items)} item texts with the base encoder…"):
+        vectors = CachedEncoder(base, EmbeddingCache(settings.encoder.cache_dir / "embeddings.lmdb")).encode([item_text(i) for i in items])
+    name = dataset or events_path.stem
+    out = out or settings.encoder.cache_dir / "models" / f"tuned-{name}-{base.model_id[:12]}"
+
+    def progress(row: dict) -> None:
+        console.print(f"epoch {row['epoch']:>3}  loss {row['loss']:.3f}  validation HR@{settings.ranking.k} "
+                      f"{row['valid_hr']:.4f}  NDCG {row['valid_ndcg']:.4f}  ({row['elapsed_s']:.0f} s)")
+
+    report = tune(events, [i.item_id for i in items], vectors, base.export_dir, out, settings.tune,
+                  k=settings.ranking.k, progress=progress)
+    if as_json:
+        click.echo(orjson.dumps({"out": str(report.out_dir), "best_epoch": report.best_epoch, "epochs": report.epochs,
+                                 "train_examples": report.train_examples, "items_seen": report.items_seen,
+                                 "items_held_out": report.items_held_out, "elapsed_s": round(report.elapsed_s, 1)}).decode())
+        return
+    best = report.epochs[report.best_epoch]
+    click.echo(f"tuned model written to {report.out_dir} (best epoch {report.best_epoch}: validation HR@{settings.ranking.k} "
+               f"{best['valid_hr']:.4f}, {report.train_examples} training examples, {report.elapsed_s:.0f} s)")
+    click.echo(f"use it with: recstream --model {report.out_dir} replay --dataset ml-100k   (or worker, demo)")
 
 
 @cli.group()

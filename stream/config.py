@@ -30,6 +30,7 @@ __all__ = [
     "Settings",
     "StoreSettings",
     "TopicSettings",
+    "TuneSettings",
     "WindowSettings",
     "default_cache_dir",
     "load_settings",
@@ -224,6 +225,32 @@ class RankingSettings(_Section):
     exclude_seen: bool = True
 
 
+class TuneSettings(_Section):
+    """``recstream encoders tune``: adapting the encoder to behaviour (see encoders.tune).
+
+    The item head and query MLP are small; the transformer stays frozen, so tuning is
+    minutes on a CPU. Training stops at ``epochs`` or ``max_minutes``, whichever comes first,
+    and keeps the epoch with the best validation HR@K.
+    """
+
+    dim: int = Field(128, ge=8, le=4096)
+    hidden: int = Field(512, ge=8, le=8192)
+    epochs: int = Field(30, ge=1, le=1000)
+    max_minutes: float = Field(5.0, gt=0)
+    batch_size: int = Field(256, ge=8, le=65536)
+    lr: float = Field(2e-3, gt=0, le=1.0)
+    weight_decay: float = Field(1e-4, ge=0)
+    #: Earlier events a training context holds for the decayed horizons (serving uses all).
+    context: int = Field(100, ge=1, le=10_000)
+    #: Most recent items weighted by position (needs ``store.history_len`` >= this to serve).
+    positions: int = Field(50, ge=0, le=1000)
+    #: Starting half-lives of the learned horizons, in seconds.
+    half_lives_s: dict[str, float] = {"session": 600.0, "short": 86_400.0, "long": 30 * 86_400.0}
+    #: Fraction of items kept out of tuning entirely (to measure item cold start).
+    holdout_items: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+
+
 class Settings(BaseSettings):
     """The whole configuration; one nested model per component."""
 
@@ -249,6 +276,7 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = PrivacySettings()
     profile: ProfileSettings = ProfileSettings()
     ranking: RankingSettings = RankingSettings()
+    tune: TuneSettings = TuneSettings()
 
     @model_validator(mode="after")
     def _blend_names_horizons(self) -> "Settings":

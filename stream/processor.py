@@ -28,7 +28,7 @@ from store import HistoryEntry, LmdbStore, ProfileRecord
 from stream.catalog import Catalogue
 from stream.config import EVENT_KINDS, Settings
 from stream.events import Event
-from stream.profile import apply_events
+from stream.profile import apply_events, decay
 from stream.ranking import blend_queries, explain, score, top_k
 from stream.windows import UserWindow
 
@@ -64,10 +64,19 @@ class Processor:
         self.store = store
         self.catalogue = catalogue
         self.encoder = encoder
-        self.horizons = list(settings.profile.half_lives_s)
-        self.half_lives_ms = np.array([settings.profile.half_lives_s[h] * 1000.0 for h in self.horizons])
-        self.blend = np.array([settings.ranking.blend.get(h, 0.0) for h in self.horizons])
-        self.kind_weights = np.array([settings.profile.kind_weights[k] for k in EVENT_KINDS])
+        #: A tuned model (``recstream encoders tune``) brings the horizons, kind weights and
+        #: query it was trained with; they replace ``profile.*`` and ``ranking.blend``.
+        self.adapter = getattr(encoder, "adapter", None)
+        if self.adapter is not None:
+            self.horizons = [str(h) for h in self.adapter.horizons]
+            self.half_lives_ms = np.asarray(self.adapter.half_lives_s, np.float64) * 1000.0
+            self.blend = np.full(len(self.horizons), 1.0 / len(self.horizons))
+            self.kind_weights = np.asarray(self.adapter.kind_weights, np.float64)
+        else:
+            self.horizons = list(settings.profile.half_lives_s)
+            self.half_lives_ms = np.array([settings.profile.half_lives_s[h] * 1000.0 for h in self.horizons])
+            self.blend = np.array([settings.ranking.blend.get(h, 0.0) for h in self.horizons])
+            self.kind_weights = np.array([settings.profile.kind_weights[k] for k in EVENT_KINDS])
         lateness = settings.windows.allowed_lateness_s
         self.lateness_ms = None if lateness is None else int(lateness * 1000)
 
@@ -84,6 +93,25 @@ class Processor:
             kind_counts=[0] * len(EVENT_KINDS),
             updated_ms=0,
         )
+
+    def conform(self, rec: ProfileRecord) -> ProfileRecord:
+        """``rec`` in this model's shape: a profile stored under another model (other
+        dimension or horizons) is rebuilt from its bounded history with this model's vectors."""
+        shape = (len(self.horizons), self.catalogue.dim)
+        if rec.vectors.shape == shape:
+            return rec
+        known = [h for h in rec.history if h.item_id in self.catalogue]
+        vectors, weights, last = np.zeros(shape, np.float32), np.zeros(shape[0]), 0
+        if known:
+            vectors, weights, last = apply_events(
+                vectors, weights, 0, self.catalogue.matrix[self.catalogue.indices([h.item_id for h in known])],
+                self.kind_weights[[h.kind for h in known]], np.array([h.ts_ms for h in known], np.int64), self.half_lives_ms,
+            )
+            ref = max(last, rec.last_ts_ms)  # keep the record's reference time
+            carry = decay(ref - last, self.half_lives_ms)
+            vectors, weights, last = (vectors * carry[:, None]).astype(np.float32), weights * carry, ref
+        log.info("profile of %s rebuilt from %d history items for the current model", rec.user_id, len(known))
+        return replace(rec, vectors=vectors, weights=weights, last_ts_ms=max(last, rec.last_ts_ms))
 
     def embedding(self, event: Event, text_vectors: dict[str, np.ndarray]) -> np.ndarray | None:
         """The vector an event contributes: its item's, else its text's, else None (rejected)."""
@@ -106,7 +134,11 @@ class Processor:
             rec.vectors, rec.weights, rec.last_ts_ms, vector[None, :],
             self.kind_weights[event.kind : event.kind + 1], np.array([event.ts_ms], np.int64), self.half_lives_ms,
         )
-        return replace(rec, vectors=vectors, weights=weights, last_ts_ms=last)
+        history = rec.history
+        if self.adapter is not None:  # the query reads the most recent items by position
+            history = _with_history(history, [HistoryEntry(event.item_id, event.ts_ms, event.kind)],
+                                    self.settings.store.history_len)
+        return replace(rec, vectors=vectors, weights=weights, last_ts_ms=last, history=history)
 
     def _text_vectors(self, windows: list[UserWindow[Any]]) -> dict[str, np.ndarray]:
         """Embed the texts of events whose item is unknown: one encoder call per flush."""
@@ -133,6 +165,7 @@ class Processor:
             profiles = txn.get_profiles([w.user_id for w in windows])
             for window in windows:
                 rec = profiles.get(window.user_id) or self.new_profile(window.user_id)
+                rec = self.conform(rec)
                 applied = dict(rec.applied)
                 vectors, weights, ts, items = [], [], [], []
                 for event in sorted(window.events, key=lambda e: (e.source, e.offset)):
@@ -164,10 +197,7 @@ class Processor:
                         rec.vectors, rec.weights, rec.last_ts_ms,
                         np.vstack(vectors), np.asarray(weights), np.asarray(ts, np.int64), self.half_lives_ms,
                     )
-                    rec.history = sorted(
-                        rec.history + [HistoryEntry(e.item_id, e.ts_ms, e.kind) for e in items],
-                        key=lambda h: h.ts_ms,
-                    )[-history_len:]
+                    rec.history = _with_history(rec.history, [HistoryEntry(e.item_id, e.ts_ms, e.kind) for e in items], history_len)
                     for e in items:
                         rec.kind_counts[e.kind] += 1
                         kinds[EVENT_KINDS[e.kind]] += 1
@@ -203,8 +233,22 @@ class Processor:
 
     def score_rows(self, profiles: list[ProfileRecord], exclude: list[np.ndarray]) -> np.ndarray:
         """:meth:`score` with the exclusions already as catalogue row indices."""
-        queries = blend_queries(np.stack([p.vectors for p in profiles]), self.blend)
-        return score(queries, self.catalogue.matrix, exclude)
+        return score(self.queries(profiles), self.catalogue.matrix, exclude)
+
+    def queries(self, profiles: list[ProfileRecord]) -> np.ndarray:
+        """(U, D) query vectors: the blend of unit horizons, or a tuned model's query MLP."""
+        vectors = np.stack([p.vectors for p in profiles])
+        if self.adapter is None:
+            return blend_queries(vectors, self.blend)
+        n_recent = len(self.adapter.positions)
+        rows = np.full((len(profiles), n_recent), -1, np.int64)
+        index = self.catalogue.index
+        for u, p in enumerate(profiles):
+            recent = [index[h.item_id] for h in reversed(p.history) if h.item_id in index][:n_recent]
+            rows[u, : len(recent)] = recent
+        mask = rows >= 0
+        recent_vectors = self.catalogue.matrix[np.maximum(rows, 0)] * mask[..., None]
+        return self.adapter.query(vectors, recent_vectors, mask)
 
     def recommend(self, profiles: list[ProfileRecord], seen: dict[str, set[str]]) -> list[dict[str, Any]]:
         """Top-K with ``because`` items for each profile; one matrix product for all."""
@@ -234,3 +278,8 @@ class Processor:
                 }
             )
         return out
+
+
+def _with_history(history: list[HistoryEntry], new: list[HistoryEntry], limit: int) -> list[HistoryEntry]:
+    """The newest ``limit`` entries of ``history + new`` in event-time order (stable for ties)."""
+    return sorted(history + new, key=lambda h: h.ts_ms)[-limit:]

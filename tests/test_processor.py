@@ -77,3 +77,24 @@ def test_recommendations_exclude_history_and_explain_from_it(processor):
     assert len(ids) == 5 and not set(ids) & {"1", "2", "3", "4"}
     assert all(i["because"] and set(i["because"]) <= {"1", "2", "3", "4"} for i in rec["items"])
     assert rec["event_count"] == 4 and rec["profile_version"] == 1 and rec["ts"] == 1_700_000_000_000 + 3000
+
+
+def test_a_profile_stored_under_another_model_is_rebuilt_from_its_history(processor, tmp_path):
+    processor.flush([window("u", ["1", "2", "3"])], now_ms=1)
+    # the worker restarts with a model of another dimension: same items, new vectors
+    rng = np.random.default_rng(1)
+    wider = Catalogue(DIM * 2)
+    for i in range(30):
+        wider.upsert(str(i), normalised(rng.normal(size=DIM * 2).astype(np.float32)))
+    restarted = Processor(processor.settings, processor.store, wider)
+    result = restarted.flush([window("u", ["4"], first_offset=3)], now_ms=2)
+    assert result.applied == 1 and result.recommendations
+    with restarted.store.read() as txn:
+        after = txn.get_profile("u")
+    assert after.vectors.shape == (2, DIM * 2) and after.event_count == 4
+    # equal to a profile built from scratch under the new model with the same four events
+    fresh = Processor(processor.settings, LmdbStore(tmp_path / "fresh.lmdb"), wider)
+    fresh.flush([window("u", ["1", "2", "3", "4"])], now_ms=3)
+    with fresh.store.read() as txn:
+        want = txn.get_profile("u")
+    np.testing.assert_allclose(after.vectors, want.vectors, rtol=1e-5, atol=1e-6)

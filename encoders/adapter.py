@@ -1,0 +1,114 @@
+"""The behavioural adaptation a tuned model carries beside its ONNX graph: pure numpy.
+
+``recstream encoders tune`` learns, on interaction histories, what a text encoder alone
+cannot know (what people who watch one film also watch). Its parts:
+
+* inside ``model.onnx``: an item head on the frozen transformer (text → adapted vector), so
+  any item, also one never seen in tuning, is embedded from its text;
+* here, in ``adapter.npz`` (numpy arrays only, loaded with ``allow_pickle=False``):
+
+  - ``residuals``: a per-item correction for items seen in tuning, added to the text vector;
+  - ``half_lives_s`` / ``kind_weights``: the profile horizons and event weights it was
+    trained with (they replace the configured ones: the vectors only make sense with them);
+  - ``positions``: weights of the user's most recent items by position (most recent first),
+    the short-term signal that event time cannot give when a session's events share a
+    second;
+  - a query MLP: ``q = W2·gelu(W1·h + b1) + b2 + S·h`` over ``h`` = the unit horizon vectors
+    and the unit position-weighted recent vector, concatenated.
+
+Scores are ``q · v_item``, so one matrix product ranks the catalogue, as for untuned models.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from encoders.manifest import EncoderError
+
+__all__ = ["ADAPTER_FILE", "Adapter", "gelu"]
+
+ADAPTER_FILE = "adapter.npz"
+_ARRAYS = ("item_ids", "residuals", "horizons", "half_lives_s", "kind_weights", "positions",
+           "q_w1", "q_b1", "q_w2", "q_b2", "q_skip")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x, dtype=np.float32), where=norms > 0)
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation: the form the tuner trains with (torch ``approximate='tanh'``)."""
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A tuned model's numpy side; see the module docstring for what each array means."""
+
+    item_ids: np.ndarray  # (n,) str
+    residuals: np.ndarray  # (n, D) float32
+    horizons: np.ndarray  # (H,) str
+    half_lives_s: np.ndarray  # (H,) float64
+    kind_weights: np.ndarray  # (3,) float64, in EVENT_KINDS order
+    positions: np.ndarray  # (P,) float32, most recent first
+    q_w1: np.ndarray  # ((H+1)·D, hidden)
+    q_b1: np.ndarray  # (hidden,)
+    q_w2: np.ndarray  # (hidden, D)
+    q_b2: np.ndarray  # (D,)
+    q_skip: np.ndarray  # ((H+1)·D, D)
+
+    @property
+    def dim(self) -> int:
+        return int(self.q_b2.shape[0])
+
+    def residual_rows(self) -> dict[str, int]:
+        return {str(i): n for n, i in enumerate(self.item_ids)}
+
+    def adapt_items(self, item_ids: list[str], text_vectors: np.ndarray) -> np.ndarray:
+        """Item vectors: the adapted text vector plus the item's residual when it has one."""
+        rows = self.residual_rows()
+        out = np.array(text_vectors, np.float32, copy=True)
+        for n, item_id in enumerate(item_ids):
+            row = rows.get(item_id)
+            if row is not None:
+                out[n] += self.residuals[row]
+        return out
+
+    def query(self, profile_vectors: np.ndarray, recent_vectors: np.ndarray, recent_mask: np.ndarray) -> np.ndarray:
+        """(U, D) query vectors.
+
+        :param profile_vectors: (U, H, D) decayed sums (any reference time: they are normalised).
+        :param recent_vectors: (U, P', D) the user's most recent item vectors, most recent first.
+        :param recent_mask: (U, P') True where a recent slot holds an item.
+        """
+        n_users = profile_vectors.shape[0]
+        p = min(recent_vectors.shape[1], self.positions.shape[0])
+        weights = self.positions[None, :p] * recent_mask[:, :p]
+        recent = np.einsum("up,upd->ud", weights, recent_vectors[:, :p]) if p else np.zeros((n_users, self.dim), np.float32)
+        h = np.concatenate([_unit(profile_vectors).reshape(n_users, -1), _unit(recent)], axis=1)
+        q = gelu(h @ self.q_w1 + self.q_b1) @ self.q_w2 + self.q_b2 + h @ self.q_skip
+        return q.astype(np.float32)
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / ADAPTER_FILE
+        np.savez(path, **{name: getattr(self, name) for name in _ARRAYS})
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> "Adapter":
+        path = Path(directory) / ADAPTER_FILE
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in _ARRAYS}
+        except (OSError, KeyError, ValueError) as exc:
+            raise EncoderError(f"{path}: unreadable adapter ({exc})") from None
+        adapter = cls(**arrays)
+        d, h = adapter.dim, len(adapter.horizons)
+        if adapter.residuals.shape[1:] != (d,) or adapter.q_skip.shape != ((h + 1) * d, d) or len(adapter.half_lives_s) != h:
+            raise EncoderError(f"{path}: inconsistent adapter shapes")
+        return adapter

@@ -1,0 +1,368 @@
+"""Adapt a text encoder to behaviour: a two-tower next-item model over the frozen transformer.
+
+What it learns (the item tower and the user tower the worker and replay then use unchanged):
+
+* item: ``v_i = head(text_i) + r_i``: an MLP head on the frozen encoder's text vector, plus a
+  residual ``r_i`` for items seen in tuning. Items never seen in tuning are embedded from
+  their text alone (cold start).
+* user: the worker's own profile state. Each horizon ``h`` is the decayed sum
+  ``sum_k w_kind(k) 2^(-(t - t_k)/tau_h) v_k`` (half-lives and kind weights learned), and a
+  position-weighted sum of the most recent items gives the short-term signal; a query MLP
+  maps their unit vectors to ``q``. Score: ``q · v_i``.
+
+Objective: next-item prediction with a full softmax over the catalogue (seen items masked,
+as ranking excludes them), contexts taken strictly before each target. Split: each user's
+last event (test) and the one before it (validation) never enter training, as in the
+replay's leave-last-out protocol; the validation HR@K picks the best epoch.
+
+Output: a model directory that ``--model`` loads like any export: ``model.onnx`` (encoder,
+pooling, normalisation and item head in one graph), ``adapter.npz``, ``tokenizer.json`` and a
+manifest naming the base export and the adapter's checksum. Needs torch (the ``export`` extra).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from encoders.adapter import ADAPTER_FILE, Adapter
+from encoders.manifest import EncoderError, file_sha256, read_manifest, verify, write_manifest
+
+__all__ = ["TrainingData", "TuneReport", "build_training_data", "tune"]
+
+log = logging.getLogger(__name__)
+
+N_KINDS = 3
+
+
+@dataclass
+class TrainingData:
+    """Next-item examples as fixed-width context windows (numpy; the torch side wraps them).
+
+    Row ``r`` predicts ``target[r]`` from the events before it: ``ctx_rows`` (catalogue rows,
+    -1 = empty, most recent last), ``ctx_age_s`` (seconds before the newest context event)
+    and ``ctx_kind``. ``seen[r]`` lists every earlier item of that user (masked in the softmax).
+    """
+
+    ctx_rows: np.ndarray
+    ctx_age_s: np.ndarray
+    ctx_kind: np.ndarray
+    target: np.ndarray
+    seen: list[np.ndarray]
+    newest_ts_ms: np.ndarray  # event time of each target (leakage checks)
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+
+@dataclass
+class TuneReport:
+    out_dir: Path
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    train_examples: int = 0
+    items_seen: int = 0
+    items_held_out: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+def _user_sequences(events: Sequence[Any], index: dict[str, int], drop_items: set[str]) -> dict[str, list[tuple[int, int, int]]]:
+    """(row, ts_ms, kind) per user, in the given (event-time) order; unknown items skipped."""
+    seqs: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
+    for e in events:
+        row = index.get(e.item_id)
+        if row is not None and e.item_id not in drop_items:
+            seqs[e.user_id].append((row, e.ts_ms, e.kind))
+    return seqs
+
+
+def build_training_data(
+    events: Sequence[Any], index: dict[str, int], context: int, drop_items: set[str] = frozenset()
+) -> tuple[TrainingData, TrainingData]:
+    """(train, validation) examples; each user's last event is never used at all.
+
+    Users with at least three events give their second-to-last event as validation target
+    and their earlier events as training targets; shorter histories are training only.
+    ``events`` must be in event-time order (as replay sources return them).
+    """
+    train, valid = defaultdict(list), defaultdict(list)
+    for seq in _user_sequences(events, index, drop_items).values():
+        rows = np.array([s[0] for s in seq], np.int64)
+        ts = np.array([s[1] for s in seq], np.int64)
+        kinds = np.array([s[2] for s in seq], np.int64)
+        n = len(seq)
+        held = 2 if n >= 3 else 0
+        roles = [(t, train) for t in range(n - held)] + ([(n - 2, valid)] if held else [])
+        for t, out in roles:
+            lo = max(0, t - context)
+            width = t - lo
+            ctx_rows = np.full(context, -1, np.int64)
+            ctx_age = np.zeros(context, np.float32)
+            ctx_kind = np.zeros(context, np.int64)
+            if width:
+                ctx_rows[context - width :] = rows[lo:t]
+                ctx_age[context - width :] = (ts[t - 1] - ts[lo:t]) / 1000.0
+                ctx_kind[context - width :] = kinds[lo:t]
+            out["rows"].append(ctx_rows)
+            out["age"].append(ctx_age)
+            out["kind"].append(ctx_kind)
+            out["target"].append(rows[t])
+            out["seen"].append(rows[:t])
+            out["ts"].append(ts[t])
+
+    def pack(d: dict[str, list]) -> TrainingData:
+        if not d:
+            empty = np.zeros((0, context))
+            return TrainingData(empty.astype(np.int64), empty.astype(np.float32), empty.astype(np.int64),
+                                np.zeros(0, np.int64), [], np.zeros(0, np.int64))
+        return TrainingData(np.stack(d["rows"]), np.stack(d["age"]), np.stack(d["kind"]), np.array(d["target"]),
+                            d["seen"], np.array(d["ts"]))
+
+    return pack(train), pack(valid)
+
+
+def _model(torch, text: np.ndarray, trainable_items: np.ndarray, cfg: Any):
+    """The two towers as one torch module (built lazily: importing this file needs no torch)."""
+    nn = torch.nn
+    n_items, width = text.shape
+    horizons = list(cfg.half_lives_s)
+
+    class TwoTower(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("text", torch.tensor(text, dtype=torch.float32))
+            self.register_buffer("trainable", torch.tensor(trainable_items, dtype=torch.float32)[:, None])
+            self.head = nn.Sequential(nn.Linear(width, cfg.hidden), nn.GELU(approximate="tanh"), nn.Linear(cfg.hidden, cfg.dim))
+            self.skip = nn.Linear(width, cfg.dim, bias=False)
+            self.residuals = nn.Parameter(torch.zeros(n_items, cfg.dim))
+            self.log_half_lives = nn.Parameter(torch.log(torch.tensor([cfg.half_lives_s[h] for h in horizons])))
+            self.log_kind_weights = nn.Parameter(torch.zeros(N_KINDS))
+            self.log_positions = nn.Parameter(torch.zeros(max(cfg.positions, 1)))
+            features = (len(horizons) + 1) * cfg.dim
+            self.query_mlp = nn.Sequential(nn.Linear(features, cfg.hidden), nn.GELU(approximate="tanh"), nn.Linear(cfg.hidden, cfg.dim))
+            self.query_skip = nn.Linear(features, cfg.dim, bias=False)
+
+        def text_vectors(self, text):
+            return self.head(text) + self.skip(text)
+
+        def items(self):
+            return self.text_vectors(self.text) + self.residuals * self.trainable
+
+        def query(self, items, rows, age_s, kind):
+            present = (rows >= 0).to(items.dtype)
+            v = items[rows.clamp(min=0)]  # (B, C, D)
+            w_kind = torch.exp(self.log_kind_weights)[kind] * present
+            parts = []
+            for h in range(len(horizons)):
+                w = torch.exp2(-age_s / torch.exp(self.log_half_lives[h])) * w_kind
+                parts.append(nn.functional.normalize(torch.einsum("bc,bcd->bd", w, v), dim=-1))
+            context = rows.shape[1]
+            p = min(cfg.positions, context)
+            pos = torch.zeros(context, dtype=items.dtype)
+            if p:
+                pos = torch.cat([torch.zeros(context - p), torch.exp(self.log_positions[:p]).flip(0)])
+            parts.append(nn.functional.normalize(torch.einsum("bc,bcd->bd", pos[None, :] * present, v), dim=-1))
+            h = torch.cat(parts, dim=-1)
+            return self.query_mlp(h) + self.query_skip(h)
+
+    return TwoTower()
+
+
+def _logits(torch, model, items, data: TrainingData, sel: np.ndarray):
+    q = model.query(items, torch.from_numpy(data.ctx_rows[sel]), torch.from_numpy(data.ctx_age_s[sel]),
+                    torch.from_numpy(data.ctx_kind[sel]))
+    logits = q @ items.T
+    seen = [data.seen[i] for i in sel]
+    rows = np.repeat(np.arange(len(sel)), [len(s) for s in seen])
+    if len(rows):
+        logits[torch.from_numpy(rows), torch.from_numpy(np.concatenate(seen))] = float("-inf")
+    return logits, torch.from_numpy(data.target[sel])
+
+
+def _evaluate(torch, model, data: TrainingData, k: int) -> dict[str, float]:
+    if len(data) == 0:
+        return {"hr": 0.0, "ndcg": 0.0}
+    hits = ndcg = 0.0
+    with torch.no_grad():
+        items = model.items()
+        for start in range(0, len(data), 1024):
+            sel = np.arange(start, min(start + 1024, len(data)))
+            logits, target = _logits(torch, model, items, data, sel)
+            rank = (logits > logits[torch.arange(len(sel)), target][:, None]).sum(dim=1)
+            hit = rank < k
+            hits += float(hit.sum())
+            ndcg += float((hit / torch.log2(rank.to(torch.float32) + 2)).sum())
+    return {"hr": hits / len(data), "ndcg": ndcg / len(data)}
+
+
+def tune(
+    events: Sequence[Any],
+    item_ids: list[str],
+    text_vectors: np.ndarray,
+    base_dir: Path,
+    out_dir: Path,
+    settings: Any,
+    k: int = 10,
+    progress: Callable[[dict[str, float]], None] | None = None,
+) -> TuneReport:
+    """Train on ``events`` and write a tuned model directory to ``out_dir``.
+
+    :param item_ids: catalogue item ids, row-aligned with ``text_vectors``.
+    :param text_vectors: (N, E) the base encoder's vectors of the items' texts.
+    :param base_dir: the base encoder's fp32 export (its graph gets the item head appended).
+    :param settings: :class:`stream.config.TuneSettings`.
+    """
+    import torch
+
+    started = time.monotonic()
+    cfg = settings
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(os.cpu_count() or 1)
+    index = {item_id: row for row, item_id in enumerate(item_ids)}
+    n_held = int(round(cfg.holdout_items * len(item_ids)))
+    held_out = sorted(rng.choice(np.array(item_ids, dtype=object), size=n_held, replace=False).tolist()) if n_held else []
+    train, valid = build_training_data(events, index, cfg.context, set(held_out))
+    if len(train) == 0:
+        raise EncoderError("no training examples: the events name no catalogue item")
+    trainable = np.zeros(len(item_ids), bool)
+    trainable[np.unique(train.target)] = True
+    trainable[np.unique(train.ctx_rows[train.ctx_rows >= 0])] = True
+    report = TuneReport(Path(out_dir), train_examples=len(train), items_seen=int(trainable.sum()), items_held_out=held_out)
+
+    model = _model(torch, np.asarray(text_vectors, np.float32), trainable, cfg)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best_state, best_hr = None, -1.0
+    deadline = started + cfg.max_minutes * 60
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = rng.permutation(len(train))
+        total = 0.0
+        for start in range(0, len(order), cfg.batch_size):
+            sel = order[start : start + cfg.batch_size]
+            logits, target = _logits(torch, model, model.items(), train, sel)
+            loss = torch.nn.functional.cross_entropy(logits, target)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(sel)
+            if time.monotonic() > deadline:
+                break
+        model.eval()
+        scores = _evaluate(torch, model, valid, k)
+        row = {"epoch": epoch, "loss": total / len(order), "valid_hr": scores["hr"], "valid_ndcg": scores["ndcg"],
+               "elapsed_s": time.monotonic() - started}
+        report.epochs.append(row)
+        if progress is not None:
+            progress(row)
+        log.info("tune epoch %d: loss %.3f, validation HR@%d %.4f NDCG %.4f", epoch, row["loss"], k, scores["hr"], scores["ndcg"])
+        if scores["hr"] > best_hr:
+            best_hr, report.best_epoch = scores["hr"], epoch
+            best_state = {name: t.detach().clone() for name, t in model.state_dict().items()}
+        if time.monotonic() > deadline:
+            log.info("tune: time budget of %.1f min reached after epoch %d", cfg.max_minutes, epoch)
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    _write_model(torch, model, item_ids, trainable, cfg, Path(base_dir), Path(out_dir))
+    report.elapsed_s = time.monotonic() - started
+    return report
+
+
+def _adapter(model, item_ids: list[str], trainable: np.ndarray, cfg: Any) -> Adapter:
+    sd = {name: t.detach().numpy() for name, t in model.state_dict().items()}
+    rows = np.flatnonzero(trainable)
+    return Adapter(
+        item_ids=np.array([item_ids[r] for r in rows], dtype=str),
+        residuals=sd["residuals"][rows].astype(np.float32),
+        horizons=np.array(list(cfg.half_lives_s), dtype=str),
+        half_lives_s=np.exp(sd["log_half_lives"]).astype(np.float64),
+        kind_weights=np.exp(sd["log_kind_weights"]).astype(np.float64),
+        positions=np.exp(sd["log_positions"][: cfg.positions]).astype(np.float32),
+        q_w1=sd["query_mlp.0.weight"].T.copy(), q_b1=sd["query_mlp.0.bias"].copy(),
+        q_w2=sd["query_mlp.2.weight"].T.copy(), q_b2=sd["query_mlp.2.bias"].copy(),
+        q_skip=sd["query_skip.weight"].T.copy(),
+    )
+
+
+def _write_model(torch, model, item_ids, trainable, cfg, base_dir: Path, out_dir: Path) -> None:
+    """model.onnx = base graph + item head; adapter.npz; manifest. Atomic (temp dir, rename)."""
+    import onnx
+    from onnx import compose
+
+    base = verify(base_dir, "fp32")
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        head_path = tmp / "head.onnx"
+
+        class Head(torch.nn.Module):
+            def __init__(self, inner) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, text):
+                return self.inner.text_vectors(text)
+
+        sample = torch.randn(2, model.text.shape[1])
+        with torch.no_grad():
+            torch.onnx.export(Head(model).eval(), (sample,), str(head_path), input_names=["text"], output_names=["embeddings"],
+                              dynamic_shapes={"text": {0: torch.export.Dim("batch")}}, dynamo=True,
+                              external_data=False, opset_version=18, verbose=False)
+        base_graph = onnx.load(str(base_dir / "model.onnx"))
+        head_graph = onnx.load(str(head_path))
+        head_graph = compose.add_prefix(head_graph, "head/")
+        base_graph = compose.add_prefix(base_graph, "base/", rename_inputs=False)
+        head_graph.ir_version = base_graph.ir_version
+        merged = compose.merge_models(base_graph, head_graph, io_map=[("base/embeddings", "head/text")],
+                                      outputs=["head/embeddings"])
+        _rename_output(merged, "head/embeddings", "embeddings")
+        onnx.checker.check_model(merged)
+        onnx.save(merged, str(tmp / "model.onnx"))
+        head_path.unlink()
+        shutil.copyfile(base_dir / base.tokenizer, tmp / base.tokenizer)
+        _adapter(model, item_ids, trainable, cfg).save(tmp)
+        manifest = replace(
+            base, variant="fp32", dim=int(cfg.dim), onnx_sha256=file_sha256(tmp / "model.onnx"), source_stat="",
+            adapter=ADAPTER_FILE, adapter_sha256=file_sha256(tmp / ADAPTER_FILE), base_onnx_sha256=base.onnx_sha256,
+        )
+        write_manifest(tmp, manifest)
+        _check_head_parity(torch, model, base_dir, tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _rename_output(model, old: str, new: str) -> None:
+    for node in model.graph.node:
+        node.output[:] = [new if o == old else o for o in node.output]
+    for out in model.graph.output:
+        if out.name == old:
+            out.name = new
+
+
+def _check_head_parity(torch, model, base_dir: Path, tuned_dir: Path) -> None:
+    """The merged graph must give torch's head(base vector) (cosine >= 0.9999)."""
+    from encoders.runtime import OnnxTextEncoder
+
+    texts = ["Toy Story (1995). Genres: Animation, Children's, Comedy", "", "Ein kurzer deutscher Satz.", "東京の映画"]
+    base = OnnxTextEncoder(base_dir, provider="cpu").encode(texts)
+    tuned = OnnxTextEncoder(tuned_dir, provider="cpu", normalise=False).encode(texts)
+    with torch.no_grad():
+        want = model.text_vectors(torch.from_numpy(base)).numpy()
+    cosine = (tuned * want).sum(1) / np.maximum(np.linalg.norm(tuned, axis=1) * np.linalg.norm(want, axis=1), 1e-12)
+    if float(cosine.min()) < 0.9999 or not np.allclose(tuned, want, rtol=1e-3, atol=1e-4):
+        raise EncoderError(f"tuned graph disagrees with torch (min cosine {cosine.min():.6f})")

@@ -1,0 +1,139 @@
+"""Tuning the encoder on behaviour: no leakage, it learns, and serving equals training.
+
+One small tuning run on a slice of ml-100k (150 users, small dimensions, fixed seed) is
+shared by the module; it takes well under a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from encoders import CachedEncoder, EmbeddingCache, EncoderError, OnnxTextEncoder
+from encoders.adapter import ADAPTER_FILE, Adapter
+from encoders.tune import build_training_data, tune
+from stream.catalog import Catalogue, item_text
+from stream.config import load_settings
+from stream.events import Event
+from stream.replay import run_replay
+from stream.sources import dataset_source
+
+USERS = 150
+
+
+def _event(user: str, item: str, ts_s: int, kind: int = 0, n: int = 0) -> Event:
+    return Event(user, item, ts_s * 1000, kind, "replay:0", n, None, None, None)
+
+
+def test_training_data_never_sees_a_users_last_two_events_or_the_future():
+    index = {f"i{n}": n for n in range(10)}
+    events = [_event("a", f"i{n}", 100 + n, n % 3, n) for n in range(6)] + [_event("b", "i9", 50, 0, 6), _event("b", "i8", 60, 0, 7)]
+    events.sort(key=lambda e: e.ts_ms)
+    train, valid = build_training_data(events, index, context=4)
+    # user a: 6 events → 4 training targets (i0..i3), validation i4, test i5 never used
+    assert sorted(train.target.tolist()) == sorted([0, 1, 2, 3, 9, 8])
+    assert valid.target.tolist() == [4]
+    assert 5 not in train.ctx_rows and 5 not in valid.ctx_rows and 5 not in np.concatenate(train.seen + valid.seen)
+    assert 4 not in train.ctx_rows  # the validation event is no training context either
+    for r in range(len(train)):
+        ctx = train.ctx_rows[r][train.ctx_rows[r] >= 0]
+        assert train.target[r] not in ctx
+        assert (train.ctx_age_s[r][train.ctx_rows[r] >= 0] >= 0).all()  # all context is in the past
+    # the widest context of user a's validation example holds its 4 previous events, newest last
+    assert valid.ctx_rows[0].tolist() == [0, 1, 2, 3]
+    assert valid.ctx_age_s[0].tolist() == [3.0, 2.0, 1.0, 0.0]
+
+
+def test_held_out_items_are_absent_from_training():
+    index = {f"i{n}": n for n in range(10)}
+    events = [_event("a", f"i{n}", 100 + n, 0, n) for n in range(8)]
+    train, valid = build_training_data(events, index, context=10, drop_items={"i2", "i3"})
+    used = set(train.target.tolist()) | set(train.ctx_rows[train.ctx_rows >= 0].tolist()) | set(valid.ctx_rows[valid.ctx_rows >= 0].tolist())
+    assert not used & {2, 3}
+
+
+@pytest.fixture(scope="module")
+def ml_slice(ml100k_dir, tmp_path_factory):
+    settings = load_settings(
+        tune={"dim": 32, "hidden": 64, "epochs": 4, "batch_size": 128, "context": 1000, "positions": 20, "seed": 7,
+              "lr": 5e-3},
+    )
+    events, items = dataset_source("ml-100k", settings, ml100k_dir)
+    users = sorted({e.user_id for e in events}, key=int)[:USERS]
+    keep = set(users)
+    events = [e for e in events if e.user_id in keep]
+    return settings, events, items
+
+
+@pytest.fixture(scope="module")
+def tuned(ml_slice, fp32_dir, cache_dir, tmp_path_factory):
+    settings, events, items = ml_slice
+    base = OnnxTextEncoder(fp32_dir, provider="cpu")
+    with EmbeddingCache(cache_dir / "embeddings.lmdb") as cache:
+        vectors = CachedEncoder(base, cache).encode([item_text(i) for i in items])
+    out = tmp_path_factory.mktemp("tuned") / "model"
+    report = tune(events, [i.item_id for i in items], vectors, fp32_dir, out, settings.tune, k=10)
+    return report, out
+
+
+def _replay_validation_hr(settings, events, items, encoder) -> float:
+    catalogue = Catalogue.from_items(items, encoder)
+    result = run_replay(settings, events, catalogue, encoder=encoder, baselines=[])
+    return result["validation"]["recstream"]["hr"]
+
+
+def test_tuning_improves_the_validation_metric_over_the_untuned_model(ml_slice, tuned, fp32_dir):
+    settings, events, items = ml_slice
+    report, out = tuned
+    base_hr = _replay_validation_hr(settings, events, items, OnnxTextEncoder(fp32_dir, provider="cpu"))
+    tuned_hr = _replay_validation_hr(settings, events, items, OnnxTextEncoder(out, provider="cpu"))
+    assert tuned_hr > base_hr + 0.03, (base_hr, tuned_hr)
+    assert report.epochs[report.best_epoch]["valid_hr"] == max(e["valid_hr"] for e in report.epochs)
+
+
+def test_the_worker_scoring_path_reproduces_the_tuners_own_validation(ml_slice, tuned):
+    """Replay (numpy profiles, history, adapter query) must equal training's torch maths."""
+    settings, events, items = ml_slice
+    report, out = tuned
+    replay_hr = _replay_validation_hr(settings, events, items, OnnxTextEncoder(out, provider="cpu"))
+    assert replay_hr == pytest.approx(report.epochs[report.best_epoch]["valid_hr"], abs=2.5 / USERS)
+
+
+def test_tuned_model_loads_through_the_normal_path(tuned, ml_slice):
+    settings, _, items = ml_slice
+    report, out = tuned
+    encoder = OnnxTextEncoder(out, provider="cpu")
+    assert encoder.adapter is not None and encoder.dim == 32
+    assert list(encoder.adapter.horizons) == list(settings.tune.half_lives_s)
+    # unseen items (none held out here, so a made-up id) get their text vector alone
+    texts = [item_text(items[0]), "A film nobody rated (2031). Genres: Documentary"]
+    text_vectors = encoder.encode(texts)
+    adapted = encoder.adapter.adapt_items([items[0].item_id, "never-seen"], text_vectors)
+    assert np.array_equal(adapted[1], text_vectors[1])
+    assert not np.array_equal(adapted[0], text_vectors[0])  # item seen in tuning: residual added
+
+
+def test_a_corrupt_adapter_is_refused_with_a_clear_error(tuned, tmp_path):
+    _, out = tuned
+    copy = tmp_path / "model"
+    shutil.copytree(out, copy)
+    path = copy / ADAPTER_FILE
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(EncoderError, match="adapter.npz: checksum does not match"):
+        OnnxTextEncoder(copy, provider="cpu")
+
+
+def test_adapter_round_trips_without_pickle(tuned, tmp_path):
+    _, out = tuned
+    adapter = Adapter.load(out)
+    adapter.save(tmp_path)
+    again = Adapter.load(tmp_path)
+    for name in ("residuals", "half_lives_s", "q_w1", "positions"):
+        assert np.array_equal(getattr(adapter, name), getattr(again, name))
+    with np.load(Path(tmp_path) / ADAPTER_FILE, allow_pickle=False) as data:
+        assert data["item_ids"].dtype.kind == "U"
