@@ -9,8 +9,10 @@ from store.records import (
     ItemRecord,
     ProfileRecord,
     RecordError,
+    decode_changelog,
     decode_item,
     decode_profile,
+    encode_changelog,
     encode_item,
     encode_profile,
 )
@@ -24,8 +26,10 @@ __all__ = [
     "RecordError",
     "StoreError",
     "WriteTxn",
+    "decode_changelog",
     "decode_item",
     "decode_profile",
+    "encode_changelog",
     "encode_item",
     "encode_profile",
 ]

@@ -101,6 +101,10 @@ class ReadTxn:
         data = self._txn.get(_key("user", user_id), db=self._dbs["profiles"])
         return None if data is None else decode_profile(data)
 
+    def get_profile_bytes(self, user_id: str) -> bytes | None:
+        """The encoded profile as stored (for the changelog; no decode/encode round trip)."""
+        return self._txn.get(_key("user", user_id), db=self._dbs["profiles"])
+
     def get_profiles(self, user_ids: Iterable[str]) -> dict[str, ProfileRecord]:
         """The stored profiles among ``user_ids``; users without one are absent."""
         out = {}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, fields
+from collections.abc import Iterable
 from itertools import accumulate
 
 import numpy as np
@@ -29,14 +30,17 @@ __all__ = [
     "ItemRecord",
     "ProfileRecord",
     "RecordError",
+    "decode_changelog",
     "decode_item",
     "decode_profile",
+    "encode_changelog",
     "encode_item",
     "encode_profile",
 ]
 
 PROFILE_VERSION = 1
 ITEM_VERSION = 1
+CHANGELOG_VERSION = 1
 
 _F32 = np.dtype("<f4")
 _F64 = np.dtype("<f8")
@@ -215,6 +219,16 @@ def _str32_bytes(b: bytes) -> bytes:
     return _U32.pack(len(b)) + b
 
 
+def encode_changelog(profile: bytes, seen: Iterable[str]) -> bytes:
+    """A changelog value (format version 1): an encoded profile and the user's seen item ids.
+
+    The seen set travels with the profile so that a worker restoring the partition can keep
+    excluding everything the user interacted with, not only the bounded history.
+    """
+    ids = sorted(seen)
+    return b"".join((_HDR.pack(CHANGELOG_VERSION), _str32_bytes(profile), _U32.pack(len(ids)), *map(_str16, ids)))
+
+
 # -- reading ------------------------------------------------------------------------------
 
 
@@ -342,3 +356,16 @@ def decode_item(data: bytes) -> ItemRecord:
         raise RecordError("invalid JSON attributes in item record") from None
     r.end()
     return ItemRecord(item_id, title, text, vector, attributes, updated_ms)
+
+
+def decode_changelog(data: bytes) -> tuple[ProfileRecord, set[str]]:
+    """Inverse of :func:`encode_changelog`: the profile and the seen item ids.
+
+    :raises RecordError: unknown version, truncated or trailing bytes, a bad inner profile.
+    """
+    r = _Reader(data, "changelog")
+    r.version(CHANGELOG_VERSION)
+    profile = decode_profile(r.take(r.u32()).tobytes())
+    seen = {r.str16() for _ in range(r.u32())}
+    r.end()
+    return profile, seen

@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from store import ItemRecord, LmdbStore
 from stream.catalog import Catalogue, InvalidItem, item_text, parse_item
+from stream.changelog import Changelog
 from stream.config import Settings
 from stream.deadletter import dead_letter, reason_category
 from stream.events import InvalidEvent, parse_event
@@ -61,6 +62,7 @@ class WorkerContext:
         self.catalogue: Catalogue | None = None
         self.processor: Processor | None = None
         self.stream: Any = None
+        self.changelog: Any = None
 
     def open(self) -> None:
         """Open the store, load the encoder (exporting it once) and the stored catalogue."""
@@ -136,6 +138,15 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
     inputs = app.topic(*s.topics.inputs.values(), **raw)
     recommendations = app.topic(s.topics.recommendations, **raw)
     dlq = app.topic(s.topics.dlq, **raw)
+    changelog = Changelog(
+        app.topic(s.topics.changelog, **raw), s.topics.inputs.values(), s.broker.bootstrap,
+        lambda fn, *args: asyncio.get_running_loop().run_in_executor(ctx.executor, fn, *args),
+    )
+    ctx.changelog = changelog
+
+    @app.on_partitions_assigned.connect
+    async def on_partitions_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        changelog.on_assigned(assigned)  # restores start now; the agent waits for them
 
     async def send_dead_letter(raw_value: bytes | None, topic: str, partition: int, offset: int, reason: str) -> None:
         ctx.stats[f"dlq.{reason_category(reason)}"] += 1
@@ -150,6 +161,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             loop = asyncio.get_running_loop()
             started = time.perf_counter()
             result = await loop.run_in_executor(ctx.executor, ctx.processor.flush, windows, now_ms())
+            await changelog.publish(windows)  # delivered before any ack: see stream.changelog
             for event, reason in result.rejected:
                 topic, partition = event.source.rsplit(":", 1)
                 await send_dead_letter(_raw_of(windows, event), topic, int(partition), event.offset, reason)
@@ -173,6 +185,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         """
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(ctx.executor, ctx.open)
+        changelog.store = ctx.store
         consumer = AIOKafkaConsumer(bootstrap_servers=s.broker.bootstrap, group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:
@@ -203,12 +216,14 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
                     log.info("catalogue ready: %d items", len(ctx.catalogue or ()))
         finally:
             await consumer.stop()
+            await changelog.stop()
 
     @app.agent(inputs)
     async def events(stream: faust.StreamT) -> None:
         ctx.stream = stream
         await ctx.ready.wait()
         async for batch in stream.noack_take(s.windows.max_pending, within=s.windows.batch_timeout_s):
+            await changelog.ensure({fevent.message.partition for fevent in batch})
             ctx.last_input = time.monotonic()
             received = now_ms()
             for fevent in batch:

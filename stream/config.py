@@ -108,6 +108,11 @@ class TopicSettings(_Section):
     def dlq(self) -> str:
         return self.name("dlq")
 
+    @property
+    def changelog(self) -> str:
+        """Compacted, partitioned like the inputs: the latest profile per user (stream.changelog)."""
+        return self.name("profiles-changelog")
+
 
 class EncoderSettings(_Section):
     """The text encoder: any local Hugging Face encoder directory, exported to ONNX once."""

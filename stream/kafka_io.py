@@ -56,10 +56,11 @@ def client_config(settings: Settings) -> dict[str, Any]:
 
 
 def ensure_topics(settings: Settings) -> None:
-    """Create the input, items, recommendations and dead-letter topics if missing. Idempotent.
+    """Create the input, items, recommendations, dead-letter and changelog topics if missing.
 
-    Every topic gets ``settings.topics.partitions`` partitions; items is compacted (the
-    latest message per item id is the catalogue). Existing topics are left as they are, but
+    Idempotent. Every topic gets ``settings.topics.partitions`` partitions; items is compacted
+    (the latest message per item id is the catalogue), and so is the profiles changelog (the
+    latest profile per user, see :mod:`stream.changelog`). Existing topics are left as they are, but
     the input topics must share one partition count: the worker joins them by user id, which
     only works when they are co-partitioned. Raises :class:`TopicError` otherwise.
     """
@@ -68,9 +69,10 @@ def ensure_topics(settings: Settings) -> None:
     topics = settings.topics
     wanted: dict[str, dict[str, Any]] = {
         name: {"num_partitions": topics.partitions, "replication_factor": 1 if _single_node(settings) else -1}
-        for name in [*topics.inputs.values(), topics.items, topics.recommendations, topics.dlq]
+        for name in [*topics.inputs.values(), topics.items, topics.recommendations, topics.dlq, topics.changelog]
     }
     wanted[topics.items]["configs"] = {"cleanup.policy": "compact"}
+    wanted[topics.changelog]["configs"] = {"cleanup.policy": "compact"}
 
     admin = KafkaAdminClient(**client_config(settings), client_id=f"{settings.app_id}-admin")
     try:
@@ -83,12 +85,16 @@ def ensure_topics(settings: Settings) -> None:
                 raise TopicError(f"cannot create topic {result['name']}: error {code} {result.get('error_message') or ''}".rstrip())
             else:
                 log.info("created topic %s (%d partitions)", result["name"], topics.partitions)
-        counts = _partition_counts(admin, list(topics.inputs.values()))
+        counts = _partition_counts(admin, [*topics.inputs.values(), topics.changelog])
+        changelog_count = counts.pop(topics.changelog)
     finally:
         admin.close()
     if len(set(counts.values())) > 1:
         shape = ", ".join(f"{name}={n}" for name, n in counts.items())
         raise TopicError(f"input topics are not co-partitioned ({shape}); they need equal partition counts")
+    if changelog_count != next(iter(counts.values())):
+        raise TopicError(f"{topics.changelog} has {changelog_count} partitions, the input topics "
+                         f"{next(iter(counts.values()))}; it must be partitioned like the inputs")
     if set(counts.values()) != {topics.partitions}:
         log.warning("input topics have %s partitions, settings say %d; using the topics as they are",
                     next(iter(counts.values())), topics.partitions)

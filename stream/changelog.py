@@ -1,0 +1,201 @@
+"""Profiles follow their partitions: a compacted changelog topic is the source of truth.
+
+Each worker keeps its partitions' profiles in its own LMDB, and after every flush sends the
+profiles it wrote to ``<prefix>profiles-changelog`` (compacted, partitioned like the inputs,
+keyed by user id, value :func:`store.encode_changelog`: profile record + seen item ids). The
+profile record carries its per-partition ``applied`` offsets, so a changelog value says
+exactly which events it holds.
+
+Flush order (see docs/architecture.md): LMDB commit → changelog records sent **and delivered**
+→ recommendations → ack input. Whatever a worker acked is therefore in the changelog.
+
+When a worker is assigned a partition it did not hold, it restores that changelog partition
+into its LMDB before it processes any event of the partition (:meth:`Changelog.ensure` gates
+the agent; the ``on_partitions_assigned`` signal only starts the restore early). Per user the
+restore keeps whichever of the local and the changelog record holds more events
+(:func:`holds_more`); both are prefixes of the same per-partition event sequence, so the one
+with the higher applied offsets is the later state. A tombstone (``None`` value) deletes the
+user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from store import LmdbStore, ProfileRecord, decode_changelog, encode_changelog
+from stream.windows import UserWindow
+
+__all__ = ["Changelog", "RestoreStats", "collect", "holds_more", "merge"]
+
+log = logging.getLogger(__name__)
+
+#: Reading one changelog partition to its end must not take longer than this.
+RESTORE_TIMEOUT_S = 300.0
+
+
+def partition_of(window: UserWindow[Any]) -> int:
+    """The input partition of a user's window (inputs are co-partitioned by user id)."""
+    return int(window.events[0].source.rsplit(":", 1)[1])
+
+
+def collect(store: LmdbStore, windows: list[UserWindow[Any]]) -> list[tuple[int, bytes, bytes]]:
+    """``(partition, key, value)`` changelog records for the users of ``windows``, as stored now.
+
+    Call after the flush committed and before the next one (one snapshot; the worker holds
+    its flush lock). Users whose flush wrote nothing new are sent again: harmless, idempotent.
+    """
+    out = []
+    with store.read() as txn:
+        for window in windows:
+            data = txn.get_profile_bytes(window.user_id)
+            if data is not None:
+                value = encode_changelog(data, txn.get_seen(window.user_id))
+                out.append((partition_of(window), window.user_id.encode("utf-8"), value))
+    return out
+
+
+def holds_more(a: ProfileRecord, b: ProfileRecord) -> bool:
+    """True if ``a`` holds events that ``b`` lacks: some applied offset of ``a`` is higher.
+
+    Both records are states of one user, built by applying that user's events in offset
+    order per input partition, so the applied offsets order them.
+    """
+    return any(offset > b.applied.get(source, -1) for source, offset in a.applied.items())
+
+
+@dataclass(slots=True)
+class RestoreStats:
+    """What a restore did to the local store."""
+
+    records: int = 0  #: distinct users in the changelog partition
+    taken: int = 0  #: changelog record written (newer than local, or no local profile)
+    kept: int = 0  #: local profile kept (it already holds everything the changelog has)
+    deleted: int = 0  #: tombstones applied
+
+
+def merge(store: LmdbStore, records: dict[str, bytes | None]) -> RestoreStats:
+    """Merge the latest changelog value per user into ``store`` in one write transaction.
+
+    The local profile is kept when it holds everything the changelog record holds (a worker
+    that committed locally but crashed before the changelog delivery); otherwise the
+    changelog record replaces it. Seen sets are unioned. Runs on the store's writer thread.
+    """
+    stats = RestoreStats(records=len(records))
+    with store.write() as txn:
+        for user_id, value in records.items():
+            if value is None:
+                stats.deleted += txn.forget(user_id)
+                continue
+            incoming, seen = decode_changelog(value)
+            local = txn.get_profile(user_id)
+            if local is not None and not holds_more(incoming, local):
+                stats.kept += 1
+            else:
+                txn.put_profile(incoming)
+                stats.taken += 1
+            txn.add_seen(user_id, seen)
+    return stats
+
+
+class Changelog:
+    """Publishes flushed profiles and restores newly assigned partitions; one per worker.
+
+    :param topic: the Faust topic of the changelog (raw bytes key and value).
+    :param inputs: the input topic names, to pick input partitions out of an assignment.
+    :param run: runs a blocking function on the store's single writer thread (awaitable).
+    Set :attr:`store` once the worker opened it; restores wait for it.
+    """
+
+    def __init__(self, topic: Any, inputs: Iterable[str], bootstrap: str, run: Any) -> None:
+        self.store: LmdbStore | None = None
+        self.topic = topic
+        self.name = topic.get_topic_name()
+        self.inputs = set(inputs)
+        self.bootstrap = bootstrap
+        self.run = run
+        self.restored: set[int] = set()
+        self._generation = 0
+        self._lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def publish(self, windows: list[UserWindow[Any]]) -> int:
+        """Send the flushed users' profiles and wait until the broker has them all."""
+        records = await self.run(collect, self.store, windows)
+        futures = [
+            await self.topic.send(key=key, value=value, partition=partition, force=True)  # force: no attaching to the event
+            for partition, key, value in records
+        ]
+        await asyncio.gather(*futures)
+        return len(records)
+
+    def on_assigned(self, assigned: Iterable[Any]) -> None:
+        """Rebalance hook: forget partitions not held any more, start restoring new ones.
+
+        Synchronous bookkeeping first, so that a partition lost and later regained is
+        restored again (another worker may have changed it in between).
+        """
+        partitions = {tp.partition for tp in assigned if tp.topic in self.inputs}
+        self._generation += 1
+        self.restored &= partitions
+        if self.store is not None and partitions - self.restored:
+            task = asyncio.ensure_future(self.ensure(partitions))
+            task.add_done_callback(_log_failure)
+
+    async def ensure(self, partitions: set[int]) -> None:
+        """Return once every partition in ``partitions`` is restored; the agent awaits this."""
+        while partitions - self.restored:
+            async with self._lock:
+                for partition in sorted(partitions - self.restored):
+                    generation = self._generation
+                    await self.restore(partition)
+                    if generation == self._generation:
+                        self.restored.add(partition)
+
+    async def restore(self, partition: int) -> RestoreStats:
+        """Read changelog ``partition`` to its end and merge it into the local store."""
+        if self.store is None:
+            raise RuntimeError("changelog restore before the store was opened")
+        started = time.monotonic()
+        records = await asyncio.wait_for(self._read(partition), RESTORE_TIMEOUT_S)
+        stats = await self.run(merge, self.store, records)
+        log.info("restored %s[%d]: %d users, %d taken, %d kept, %d deleted in %.2f s", self.name, partition,
+                 stats.records, stats.taken, stats.kept, stats.deleted, time.monotonic() - started)
+        return stats
+
+    async def _read(self, partition: int) -> dict[str, bytes | None]:
+        if self._consumer is None:
+            self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
+            await self._consumer.start()
+        consumer = self._consumer
+        tp = TopicPartition(self.name, partition)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        latest: dict[str, bytes | None] = {}
+        if (await consumer.end_offsets([tp]))[tp] == 0:
+            return latest
+        while True:
+            batches = await consumer.getmany(tp, timeout_ms=200, max_records=5000)
+            for message in batches.get(tp, []):
+                if message.key:
+                    latest[message.key.decode("utf-8")] = message.value
+            # The fetch high-water mark, not end_offsets: see stream.app._caught_up (Tansu).
+            highwater = consumer.highwater(tp)
+            if highwater is not None and await consumer.position(tp) >= highwater:
+                return latest
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+
+def _log_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("changelog restore failed (the agent retries before processing): %s", task.exception())
