@@ -185,7 +185,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         """
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(ctx.executor, ctx.open)
-        changelog.store = ctx.store
+        changelog.open(ctx.store)
         consumer = AIOKafkaConsumer(bootstrap_servers=s.broker.bootstrap, group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:

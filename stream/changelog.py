@@ -110,7 +110,7 @@ class Changelog:
     :param topic: the Faust topic of the changelog (raw bytes key and value).
     :param inputs: the input topic names, to pick input partitions out of an assignment.
     :param run: runs a blocking function on the store's single writer thread (awaitable).
-    Set :attr:`store` once the worker opened it; restores wait for it.
+    Call :meth:`open` once the worker opened its store; restores wait for it.
     """
 
     def __init__(self, topic: Any, inputs: Iterable[str], bootstrap: str, run: Any) -> None:
@@ -121,6 +121,7 @@ class Changelog:
         self.bootstrap = bootstrap
         self.run = run
         self.restored: set[int] = set()
+        self.assigned: set[int] = set()
         self._generation = 0
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
@@ -135,60 +136,74 @@ class Changelog:
         await asyncio.gather(*futures)
         return len(records)
 
+    def open(self, store: LmdbStore) -> None:
+        """Use ``store`` and start restoring the partitions assigned so far."""
+        self.store = store
+        self._prefetch()
+
     def on_assigned(self, assigned: Iterable[Any]) -> None:
         """Rebalance hook: forget partitions not held any more, start restoring new ones.
 
         Synchronous bookkeeping first, so that a partition lost and later regained is
         restored again (another worker may have changed it in between).
         """
-        partitions = {tp.partition for tp in assigned if tp.topic in self.inputs}
+        self.assigned = {tp.partition for tp in assigned if tp.topic in self.inputs}
         self._generation += 1
-        self.restored &= partitions
-        if self.store is not None and partitions - self.restored:
-            task = asyncio.ensure_future(self.ensure(partitions))
+        self.restored &= self.assigned
+        self._prefetch()
+
+    def _prefetch(self) -> None:
+        if self.store is not None and self.assigned - self.restored:
+            task = asyncio.ensure_future(self.ensure(set(self.assigned)))
             task.add_done_callback(_log_failure)
 
     async def ensure(self, partitions: set[int]) -> None:
         """Return once every partition in ``partitions`` is restored; the agent awaits this."""
         while partitions - self.restored:
             async with self._lock:
-                for partition in sorted(partitions - self.restored):
+                missing = partitions - self.restored
+                if missing:
                     generation = self._generation
-                    await self.restore(partition)
+                    await self.restore(missing)
                     if generation == self._generation:
-                        self.restored.add(partition)
+                        self.restored |= missing
 
-    async def restore(self, partition: int) -> RestoreStats:
-        """Read changelog ``partition`` to its end and merge it into the local store."""
+    async def restore(self, partitions: set[int]) -> RestoreStats:
+        """Read the changelog ``partitions`` to their ends and merge them into the local store."""
         if self.store is None:
             raise RuntimeError("changelog restore before the store was opened")
         started = time.monotonic()
-        records = await asyncio.wait_for(self._read(partition), RESTORE_TIMEOUT_S)
+        records = await asyncio.wait_for(self._read(partitions), RESTORE_TIMEOUT_S)
         stats = await self.run(merge, self.store, records)
-        log.info("restored %s[%d]: %d users, %d taken, %d kept, %d deleted in %.2f s", self.name, partition,
-                 stats.records, stats.taken, stats.kept, stats.deleted, time.monotonic() - started)
+        log.info("restored %s partitions %s: %d users, %d taken, %d kept, %d deleted in %.2f s", self.name,
+                 sorted(partitions), stats.records, stats.taken, stats.kept, stats.deleted, time.monotonic() - started)
         return stats
 
-    async def _read(self, partition: int) -> dict[str, bytes | None]:
+    async def _read(self, partitions: set[int]) -> dict[str, bytes | None]:
         if self._consumer is None:
-            self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
+            # A short fetch wait: brokers that park empty fetches (Tansu) answer at its expiry.
+            self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                              enable_auto_commit=False, fetch_max_wait_ms=20)
             await self._consumer.start()
         consumer = self._consumer
-        tp = TopicPartition(self.name, partition)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
+        tps = [TopicPartition(self.name, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        pending = {tp for tp in tps if ends[tp] > 0}
         latest: dict[str, bytes | None] = {}
-        if (await consumer.end_offsets([tp]))[tp] == 0:
-            return latest
-        while True:
-            batches = await consumer.getmany(tp, timeout_ms=200, max_records=5000)
-            for message in batches.get(tp, []):
-                if message.key:
-                    latest[message.key.decode("utf-8")] = message.value
+        while pending:
+            batches = await consumer.getmany(*pending, timeout_ms=200, max_records=5000)
+            for messages in batches.values():
+                for message in messages:
+                    if message.key:
+                        latest[message.key.decode("utf-8")] = message.value
             # The fetch high-water mark, not end_offsets: see stream.app._caught_up (Tansu).
-            highwater = consumer.highwater(tp)
-            if highwater is not None and await consumer.position(tp) >= highwater:
-                return latest
+            for tp in list(pending):
+                highwater = consumer.highwater(tp)
+                if highwater is not None and await consumer.position(tp) >= highwater:
+                    pending.discard(tp)
+        return latest
 
     async def stop(self) -> None:
         if self._consumer is not None:
