@@ -15,6 +15,7 @@ from store.records import (
     encode_changelog,
     encode_item,
     encode_profile,
+    event_id_hash,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "encode_changelog",
     "encode_item",
     "encode_profile",
+    "event_id_hash",
 ]

@@ -56,7 +56,15 @@ from typing import Any
 
 import lmdb
 
-from store.records import ItemRecord, ProfileRecord, decode_item, decode_profile, encode_item, encode_profile
+from store.records import (
+    VECTOR_DTYPES,
+    ItemRecord,
+    ProfileRecord,
+    decode_item,
+    decode_profile,
+    encode_item,
+    encode_profile,
+)
 
 __all__ = ["LmdbStore", "ReadTxn", "StoreError", "WriteTxn"]
 
@@ -160,7 +168,7 @@ class WriteTxn(ReadTxn):
         self._journal: list[tuple[str, Any, bytes, bytes]] = []
 
     def put_profile(self, rec: ProfileRecord) -> None:
-        self._apply("put", "profiles", _key("user", rec.user_id), encode_profile(rec))
+        self._apply("put", "profiles", _key("user", rec.user_id), encode_profile(rec, self._store.vector_dtype))
 
     def add_seen(self, user_id: str, item_ids: Iterable[str]) -> None:
         """Add ``item_ids`` to the user's seen set (already-present ids are ignored)."""
@@ -237,6 +245,8 @@ class LmdbStore:
     :param max_map_size_mb: growth stops here; a write that needs more raises StoreError.
     :param durable: fsync on every commit (default). ``False`` is for scratch stores (replay):
         a crash may then lose recent commits, so never use it where offsets are kept.
+    :param vector_dtype: how profile vectors are written (``float32`` or ``float16``); records
+        of either dtype are read.
     :raises StoreError: the path cannot be created or opened (permissions, read-only file
         system, not a recstream store, newer schema).
     """
@@ -248,7 +258,11 @@ class LmdbStore:
         readonly: bool = False,
         max_map_size_mb: int = 1 << 20,
         durable: bool = True,
+        vector_dtype: str = "float32",
     ) -> None:
+        if vector_dtype not in VECTOR_DTYPES:
+            raise ValueError(f"vector_dtype must be one of {', '.join(VECTOR_DTYPES)}, got {vector_dtype!r}")
+        self.vector_dtype = vector_dtype
         self.path = Path(path)
         self.readonly = readonly
         self.max_map_size = max_map_size_mb * _MB

@@ -69,7 +69,7 @@ class WorkerContext:
         from encoders import CachedEncoder, EmbeddingCache, load_encoder
 
         s = self.settings
-        self.store = LmdbStore(s.store.path, map_size_mb=s.store.map_size_mb)
+        self.store = LmdbStore(s.store.path, map_size_mb=s.store.map_size_mb, vector_dtype=s.store.vector_dtype)
         encoder = load_encoder(s.encoder)
         self.encoder = CachedEncoder(encoder, EmbeddingCache(s.encoder.cache_dir / "embeddings.lmdb"))
         self.catalogue = Catalogue(encoder.dim)
