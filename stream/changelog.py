@@ -49,7 +49,9 @@ def collect(store: LmdbStore, windows: list[UserWindow[Any]]) -> list[tuple[int,
     """``(partition, key, value)`` changelog records for the users of ``windows``, as stored now.
 
     Call after the flush committed and before the next one (one snapshot; the worker holds
-    its flush lock). Users whose flush wrote nothing new are sent again: harmless, idempotent.
+    its flush lock). Users whose events were all duplicates are sent too: after a crash
+    between an LMDB commit and the changelog delivery, the redelivered events find the
+    profile already applied locally, and this re-send is what brings the changelog level.
     """
     out = []
     with store.read() as txn:
