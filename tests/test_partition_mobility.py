@@ -94,7 +94,7 @@ def reference(settings, worker_store: Path, events: list[dict], tmp_path: Path) 
     for n, e in enumerate(events):
         event = Event(e["user_id"], e["item_id"], e["ts"], EVENT_KINDS.index(e["kind"]), "ref:0", n)
         windows.setdefault(e["user_id"], UserWindow(e["user_id"])).events.append(event)
-    with LmdbStore(tmp_path / "reference.lmdb", durable=False) as scratch:
+    with LmdbStore(tmp_path / f"reference-{uuid.uuid4().hex[:6]}.lmdb", durable=False) as scratch:
         Processor(settings, scratch, catalogue).flush(list(windows.values()), now_ms=0, recommend=False)
         with scratch.read() as r:
             return {p.user_id: p for p in r.iter_profiles()}
@@ -178,13 +178,14 @@ def test_sigkill_mid_stream_then_restart_equals_an_uninterrupted_run(settings, t
         stop(proc)
 
 
-def test_partitions_move_to_a_second_worker_with_their_profiles(settings, topics_with_items, ml_events, tmp_path):
+def test_partitions_move_to_a_second_worker_and_back_with_their_profiles(settings, topics_with_items, ml_events, tmp_path):
+    """Scale out (a → a + b), then in (b alone): each owner has its own LMDB directory."""
     producer = topics_with_items
     group = f"test-{uuid.uuid4().hex[:8]}"
     store_a, store_b = tmp_path / "a.lmdb", tmp_path / "b.lmdb"
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
-    half = len(ml_events) // 2
-    first, second = ml_events[:half], ml_events[half:]
+    half, third = len(ml_events) // 3, 2 * len(ml_events) // 3
+    first, second, last = ml_events[:half], ml_events[half:third], ml_events[third:]
     a = start_worker(settings, store_a, log_a, group)
     b = None
     try:
@@ -208,15 +209,22 @@ def test_partitions_move_to_a_second_worker_with_their_profiles(settings, topics
             return {u: max((pa.get(u), pb.get(u)), key=lambda p: -1 if p is None else p.event_count)
                     for u in set(pa) | set(pb)}
 
-        wait_for(lambda: sum(p.event_count for p in owners().values()) >= len(ml_events), "second half",
+        wait_for(lambda: sum(p.event_count for p in owners().values()) >= third, "second third",
                  [log_a, log_b], 120, [a, b])
         time.sleep(3)
-        want = reference(settings, store_a, ml_events, tmp_path)
+        want = reference(settings, store_a, ml_events[:third], tmp_path / "ref-2")
         assert_equal_profiles(owners(), want)
         on_b = profiles(store_b)
         users_second = {e["user_id"] for e in second}
         carried = [u for u in moved & users_second if on_b[u].event_count == want[u].event_count]
         assert carried, "no moved user got new events on b on top of its restored profile"
+
+        stop(a)  # graceful: a flushes, publishes and commits before its partitions go to b
+        wait_for(lambda: logged(log_b, "restored ", 2), "b restored a's partitions", [log_b], 120, [b])
+        publish_events(producer, settings.topics, last)
+        wait_for(lambda: total(store_b) >= len(ml_events), "last third on b alone", [log_b], 120, [b])
+        time.sleep(3)
+        assert_equal_profiles(profiles(store_b), reference(settings, store_b, ml_events, tmp_path / "ref-3"))
     finally:
         stop(a)
         if b is not None:
