@@ -248,6 +248,12 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         if ctx.buffer.pending and time.monotonic() - ctx.last_input >= s.windows.idle_flush_s:
             await flush(ctx.buffer.drain())
 
+    if s.store.standby:
+
+        @app.timer(interval=s.store.standby_interval_s)
+        async def standby() -> None:
+            await changelog.standby()  # warm copies of the partitions other workers own
+
     @app.timer(interval=10.0)
     async def report() -> None:
         if ctx.stats:

@@ -15,7 +15,12 @@ the agent; the ``on_partitions_assigned`` signal only starts the restore early).
 restore keeps whichever of the local and the changelog record holds more events
 (:func:`holds_more`); both are prefixes of the same per-partition event sequence, so the one
 with the higher applied offsets is the later state. A tombstone (``None`` value) deletes the
-user.
+user. The next changelog offset to read per partition is kept in the store's ``offsets``
+database in the same transaction, so a later restore of that partition reads only what was
+written since (the whole partition the first time).
+
+Standby (``store.standby``): a worker also tails the changelog partitions it does not own,
+so that when one of them moves to it the restore reads only the last few records.
 """
 
 from __future__ import annotations
@@ -82,15 +87,21 @@ class RestoreStats:
     deleted: int = 0  #: tombstones applied
 
 
-def merge(store: LmdbStore, records: dict[str, bytes | None]) -> RestoreStats:
+def merge(
+    store: LmdbStore, records: dict[str, bytes | None], topic: str = "", positions: dict[int, int] | None = None
+) -> RestoreStats:
     """Merge the latest changelog value per user into ``store`` in one write transaction.
 
     The local profile is kept when it holds everything the changelog record holds (a worker
     that committed locally but crashed before the changelog delivery); otherwise the
-    changelog record replaces it. Seen sets are unioned. Runs on the store's writer thread.
+    changelog record replaces it. Seen sets are unioned. ``positions`` (partition → next
+    offset to read of changelog ``topic``) are stored in the same transaction. Runs on the
+    store's writer thread.
     """
     stats = RestoreStats(records=len(records))
     with store.write() as txn:
+        for partition, offset in (positions or {}).items():
+            txn.put_offset(topic, partition, offset)
         for user_id, value in records.items():
             if value is None:
                 stats.deleted += txn.forget(user_id)
@@ -127,6 +138,7 @@ class Changelog:
         self._generation = 0
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
+        self._partitions: set[int] = set()  #: all partitions of the changelog topic
 
     async def publish(self, windows: list[UserWindow[Any]]) -> int:
         """Send the flushed users' profiles and wait until the broker has them all."""
@@ -170,29 +182,59 @@ class Changelog:
                     if generation == self._generation:
                         self.restored |= missing
 
-    async def restore(self, partitions: set[int]) -> RestoreStats:
-        """Read the changelog ``partitions`` to their ends and merge them into the local store."""
+    async def standby(self) -> None:
+        """One standby pass: catch up on the partitions this worker does not own."""
+        if self.store is None:
+            return
+        async with self._lock:
+            if not self._partitions:
+                consumer = await self._get_consumer()
+                self._partitions = consumer.partitions_for_topic(self.name) or set()
+                if not self._partitions:
+                    await consumer.topics()  # metadata is fetched lazily
+                    return
+            others = self._partitions - self.assigned
+            if others:
+                await self.restore(others, standby=True)
+
+    async def restore(self, partitions: set[int], standby: bool = False) -> RestoreStats:
+        """Read the changelog ``partitions`` from the stored positions to their ends and merge them."""
         if self.store is None:
             raise RuntimeError("changelog restore before the store was opened")
         started = time.monotonic()
-        records = await asyncio.wait_for(self._read(partitions), RESTORE_TIMEOUT_S)
-        stats = await self.run(merge, self.store, records)
-        log.info("restored %s partitions %s: %d users, %d taken, %d kept, %d deleted in %.2f s", self.name,
-                 sorted(partitions), stats.records, stats.taken, stats.kept, stats.deleted, time.monotonic() - started)
+        with self.store.read() as txn:
+            start = {p: offset for (topic, p), offset in txn.get_offsets().items() if topic == self.name}
+        records, positions = await asyncio.wait_for(self._read(partitions, start), RESTORE_TIMEOUT_S)
+        stats = await self.run(merge, self.store, records, self.name, positions)
+        log.log(logging.DEBUG if standby else logging.INFO,
+                "%s %s partitions %s: %d users, %d taken, %d kept, %d deleted in %.2f s",
+                "standby" if standby else "restored", self.name, sorted(partitions), stats.records, stats.taken,
+                stats.kept, stats.deleted, time.monotonic() - started)
         return stats
 
-    async def _read(self, partitions: set[int]) -> dict[str, bytes | None]:
+    async def _get_consumer(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             # A short fetch wait: brokers that park empty fetches (Tansu) answer at its expiry.
-            self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                              enable_auto_commit=False, fetch_max_wait_ms=20)
+            # "earliest": a stored position beyond the log (topic recreated) reads it all again.
+            self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                                              fetch_max_wait_ms=20, auto_offset_reset="earliest")
             await self._consumer.start()
-        consumer = self._consumer
+        return self._consumer
+
+    async def _read(self, partitions: set[int], start: dict[int, int]) -> tuple[dict[str, bytes | None], dict[int, int]]:
+        """The latest value per key from ``start`` (partition → offset) to the end, and the end positions."""
+        consumer = await self._get_consumer()
         tps = [TopicPartition(self.name, p) for p in sorted(partitions)]
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
+        positions = {}
+        for tp in tps:
+            if ends[tp] == 0 or tp.partition not in start:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, start[tp.partition])
         pending = {tp for tp in tps if ends[tp] > 0}
+        positions.update({tp.partition: 0 for tp in tps if ends[tp] == 0})
         latest: dict[str, bytes | None] = {}
         while pending:
             batches = await consumer.getmany(*pending, timeout_ms=200, max_records=5000)
@@ -203,9 +245,10 @@ class Changelog:
             # The fetch high-water mark, not end_offsets: see stream.app._caught_up (Tansu).
             for tp in list(pending):
                 highwater = consumer.highwater(tp)
-                if highwater is not None and await consumer.position(tp) >= highwater:
+                if highwater is not None and (position := await consumer.position(tp)) >= highwater:
                     pending.discard(tp)
-        return latest
+                    positions[tp.partition] = position
+        return latest, positions
 
     async def stop(self) -> None:
         if self._consumer is not None:

@@ -137,6 +137,11 @@ class StoreSettings(_Section):
     #: Per user, the last N event ids applied are remembered (8 B each, in the profile) and
     #: an event repeating one is skipped as a duplicate; 0 disables event-id dedupe.
     dedupe_ids: int = Field(32, ge=0, le=65_535)
+    #: Keep a warm copy of the partitions this worker does not own (tail the profiles
+    #: changelog every ``standby_interval_s``): a partition moving here then restores only
+    #: the last records. Costs disk and writes for every profile on every worker.
+    standby: bool = False
+    standby_interval_s: float = Field(1.0, gt=0)
 
 
 class WindowSettings(_Section):

@@ -70,6 +70,19 @@ def test_merge_keeps_the_record_with_more_events_and_unions_seen(tmp_path: Path)
     store.close()
 
 
+def test_merge_stores_the_next_changelog_offsets_in_the_same_transaction(tmp_path: Path):
+    store = LmdbStore(tmp_path / "s", map_size_mb=16)
+    merge(store, {"u": encode_changelog(encode_profile(profile("u", {"t.view:0": 1})), [])}, "cl", {0: 5, 3: 0})
+    with store.read() as r:
+        assert r.get_offsets() == {("cl", 0): 5, ("cl", 3): 0}
+        assert r.get_profile("u") is not None
+    with pytest.raises(RecordError):  # a bad record: nothing of the merge is committed
+        merge(store, {"v": b"\x09junk"}, "cl", {0: 9})
+    with store.read() as r:
+        assert r.get_offsets()[("cl", 0)] == 5 and r.get_profile("v") is None
+    store.close()
+
+
 def test_collect_sends_stored_profiles_to_their_input_partition(tmp_path: Path):
     store = LmdbStore(tmp_path / "s", map_size_mb=16)
     rec = profile("u1", {"t.view:3": 0})

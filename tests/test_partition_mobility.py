@@ -37,10 +37,11 @@ EVENTS = 2000
 SESSION_TIMEOUT_S = "4"
 
 
-def start_worker(settings, store_path: Path, log_path: Path, group: str) -> subprocess.Popen:
+def start_worker(settings, store_path: Path, log_path: Path, group: str, standby: bool = False) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "stream.cli", "--broker", settings.broker.url, "--store", str(store_path),
            "--topic-prefix", settings.topics.prefix, "worker", "--web-port", "0"]
-    env = {**os.environ, "RECSTREAM_APP_ID": group, "RECSTREAM_BROKER__SESSION_TIMEOUT_S": SESSION_TIMEOUT_S}
+    env = {**os.environ, "RECSTREAM_APP_ID": group, "RECSTREAM_BROKER__SESSION_TIMEOUT_S": SESSION_TIMEOUT_S,
+           "RECSTREAM_STORE__STANDBY": str(standby).lower()}
     return subprocess.Popen(cmd, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env)
 
 
@@ -139,6 +140,13 @@ def topics_with_items(settings, ml100k_dir):
     producer.close()
 
 
+def restored_sources(log: Path, settings) -> set[str]:
+    """The input sources ("topic:partition") of the partitions named in the log's first restore."""
+    line = next(line for line in log.read_text().splitlines() if "restored " in line)
+    partitions = orjson.loads(line.split("partitions ", 1)[1].split("]", 1)[0] + "]")
+    return {f"{t}:{p}" for p in partitions for t in settings.topics.inputs.values()}
+
+
 def total(store: Path) -> int:
     return sum(p.event_count for p in profiles(store).values())
 
@@ -178,29 +186,35 @@ def test_sigkill_mid_stream_then_restart_equals_an_uninterrupted_run(settings, t
         stop(proc)
 
 
-def test_partitions_move_to_a_second_worker_and_back_with_their_profiles(settings, topics_with_items, ml_events, tmp_path):
-    """Scale out (a → a + b), then in (b alone): each owner has its own LMDB directory."""
+@pytest.mark.parametrize("standby", [False, True], ids=["restore", "standby"])
+def test_partitions_move_to_a_second_worker_and_back_with_their_profiles(
+    settings, topics_with_items, ml_events, tmp_path, standby
+):
+    """Scale out (a → a + b), then in (b alone): each owner has its own LMDB directory.
+
+    With standby, b also keeps warm copies of a's partitions, so the final move reads nothing.
+    """
     producer = topics_with_items
     group = f"test-{uuid.uuid4().hex[:8]}"
     store_a, store_b = tmp_path / "a.lmdb", tmp_path / "b.lmdb"
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     half, third = len(ml_events) // 3, 2 * len(ml_events) // 3
     first, second, last = ml_events[:half], ml_events[half:third], ml_events[third:]
-    a = start_worker(settings, store_a, log_a, group)
+    a = start_worker(settings, store_a, log_a, group, standby)
     b = None
     try:
         wait_for(lambda: logged(log_a, "catalogue ready"), "worker a", [log_a], 240, [a])
         publish_events(producer, settings.topics, first)
         wait_for(lambda: total(store_a) >= half, "first half on a", [log_a], 60, [a])
 
-        b = start_worker(settings, store_b, log_b, group)  # its own, empty LMDB
+        b = start_worker(settings, store_b, log_b, group, standby)  # its own, empty LMDB
         wait_for(lambda: logged(log_b, "catalogue ready") and logged(log_b, "restored "), "b restored partitions",
                  [log_a, log_b], 240, [a, b])
-        moved = {u for u in profiles(store_b)}
+        before, on_b = profiles(store_a), profiles(store_b)
+        moved = {u for u, p in on_b.items() if p.applied.keys() & restored_sources(log_b, settings)}
         assert moved, "b restored no profile"
-        before = profiles(store_a)
-        for user in moved:  # restored before b processed anything: identical to a's state
-            assert profiles(store_b)[user] == before[user]
+        for user in on_b:  # restored (or standby copies) before b processed anything: identical to a's
+            assert on_b[user] == before[user]
 
         publish_events(producer, settings.topics, second)
 
@@ -219,8 +233,12 @@ def test_partitions_move_to_a_second_worker_and_back_with_their_profiles(setting
         carried = [u for u in moved & users_second if on_b[u].event_count == want[u].event_count]
         assert carried, "no moved user got new events on b on top of its restored profile"
 
+        if standby:  # b's warm copies catch up with a's partitions
+            wait_for(lambda: profiles(store_b) == owners(), "standby copies on b", [log_b], 30, [b])
         stop(a)  # graceful: a flushes, publishes and commits before its partitions go to b
         wait_for(lambda: logged(log_b, "restored ", 2), "b restored a's partitions", [log_b], 120, [b])
+        last_restore = [line for line in log_b.read_text().splitlines() if "restored " in line][-1]
+        assert (" 0 users" in last_restore) == standby, last_restore  # standby: nothing left to read
         publish_events(producer, settings.topics, last)
         wait_for(lambda: total(store_b) >= len(ml_events), "last third on b alone", [log_b], 120, [b])
         time.sleep(3)
