@@ -9,7 +9,8 @@ database      key                         value
 items         item id                     :func:`store.records.encode_item`
 profiles      user id                     :func:`store.records.encode_profile`
 seen          user id (dupsort)           one value per item id the user interacted with
-offsets       topic ``\\0`` partition u32  highest consumed input offset, int64
+offsets       topic ``\\0`` partition u32  highest consumed input offset, int64 (for the
+                                          profiles changelog: the next offset to restore from)
 counters      counter name                int64
 meta          name                        ``schema`` -> layout version
 ============  ==========================  =============================================
@@ -19,7 +20,8 @@ Commit order (exactly-once for profiles). A flush must:
 1. write the profiles, seen items, counters **and the input offsets it consumed** in one
    :meth:`LmdbStore.write` block, which is one LMDB write transaction;
 2. leave the block normally, which commits (fsync'd: ``sync=True``, ``map_async=False``);
-3. only then ack / commit the Kafka events.
+3. only then ack / commit the Kafka events (the worker first sends the committed profiles to
+   the changelog topic and waits for delivery, see :mod:`stream.changelog`).
 
 A crash before 2 loses the whole flush, and Kafka redelivers it; a crash between 2 and 3
 redelivers events the profiles already hold, and the per-profile ``applied`` offsets skip them.
