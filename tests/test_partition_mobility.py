@@ -8,6 +8,7 @@ final profiles with an uninterrupted run of the same events through :class:`Proc
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,7 +152,12 @@ def total(store: Path) -> int:
     return sum(p.event_count for p in profiles(store).values())
 
 
-def test_sigkill_mid_stream_then_restart_equals_an_uninterrupted_run(settings, topics_with_items, ml_events, tmp_path):
+@pytest.mark.parametrize("disk", ["kept", "lost"])
+def test_sigkill_mid_stream_then_restart_equals_an_uninterrupted_run(
+    settings, topics_with_items, ml_events, tmp_path, disk
+):
+    """The worker is killed mid-stream; a new one starts on the same LMDB, or on an empty one
+    (the disk was lost, or the partitions moved to another machine): Kafka rebuilds it."""
     producer, store, log = topics_with_items, settings.store.path, tmp_path / "worker.log"
     group = f"test-{uuid.uuid4().hex[:8]}"
     proc = start_worker(settings, store, log, group)
@@ -172,11 +178,16 @@ def test_sigkill_mid_stream_then_restart_equals_an_uninterrupted_run(settings, t
         publisher.join()
         assert applied_at_kill < EVENTS, "the kill must land mid-stream"
 
+        catalogue = tmp_path / "catalogue.lmdb"  # for the reference run
+        if disk == "lost":
+            os.rename(store, catalogue)
+        else:
+            shutil.copytree(store, catalogue)
         proc = start_worker(settings, store, log, group)
         wait_for(lambda: total(store) >= EVENTS, "all events after restart", [log], 150, [proc])
         time.sleep(3)  # anything double-counted would show now
         assert logged(log, "restored ")
-        want = reference(settings, store, ml_events, tmp_path)
+        want = reference(settings, catalogue, ml_events, tmp_path)
         got = profiles(store)
         assert_equal_profiles(got, want)
         stop(proc)
