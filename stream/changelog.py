@@ -17,7 +17,9 @@ restore keeps whichever of the local and the changelog record holds more events
 with the higher applied offsets is the later state. A tombstone (``None`` value) deletes the
 user. The next changelog offset to read per partition is kept in the store's ``offsets``
 database in the same transaction, so a later restore of that partition reads only what was
-written since (the whole partition the first time).
+written since (the whole partition the first time). A worker also checkpoints there, every
+few seconds and when it stops, the offset after its own last delivered record: everything
+before it in the partition is already in its LMDB, so a restart reads only the tail.
 
 Standby (``store.standby``): a worker also tails the changelog partitions it does not own,
 so that when one of them moves to it the restore reads only the last few records.
@@ -37,7 +39,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from store import LmdbStore, ProfileRecord, decode_changelog, encode_changelog
 from stream.windows import UserWindow
 
-__all__ = ["Changelog", "RestoreStats", "collect", "holds_more", "merge"]
+__all__ = ["Changelog", "RestoreStats", "advance_positions", "collect", "holds_more", "merge"]
 
 log = logging.getLogger(__name__)
 
@@ -117,16 +119,27 @@ def merge(
     return stats
 
 
+def advance_positions(store: LmdbStore, topic: str, positions: dict[int, int]) -> None:
+    """Raise the stored restore positions of ``topic`` to ``positions`` (never lowers them)."""
+    with store.write() as txn:
+        stored = {p: o for (t, p), o in txn.get_offsets().items() if t == topic}
+        for partition, offset in positions.items():
+            if offset > stored.get(partition, -1):
+                txn.put_offset(topic, partition, offset)
+
+
 class Changelog:
     """Publishes flushed profiles and restores newly assigned partitions; one per worker.
 
     :param topic: the Faust topic of the changelog (raw bytes key and value).
     :param inputs: the input topic names, to pick input partitions out of an assignment.
     :param run: runs a blocking function on the store's single writer thread (awaitable).
+    :param checkpoint_s: how often :meth:`publish` stores the positions after this worker's
+        own delivered records (one small extra LMDB commit).
     Call :meth:`open` once the worker opened its store; restores wait for it.
     """
 
-    def __init__(self, topic: Any, inputs: Iterable[str], bootstrap: str, run: Any) -> None:
+    def __init__(self, topic: Any, inputs: Iterable[str], bootstrap: str, run: Any, checkpoint_s: float = 5.0) -> None:
         self.store: LmdbStore | None = None
         self.topic = topic
         self.name = topic.get_topic_name()
@@ -139,6 +152,9 @@ class Changelog:
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._partitions: set[int] = set()  #: all partitions of the changelog topic
+        self._delivered: dict[int, int] = {}  #: partition -> offset after our last delivered record
+        self._checkpoint_s = checkpoint_s
+        self._checkpointed = time.monotonic()
 
     async def publish(self, windows: list[UserWindow[Any]]) -> int:
         """Send the flushed users' profiles and wait until the broker has them all."""
@@ -147,8 +163,17 @@ class Changelog:
             await self.topic.send(key=key, value=value, partition=partition, force=True)  # force: no attaching to the event
             for partition, key, value in records
         ]
-        await asyncio.gather(*futures)
+        for meta in await asyncio.gather(*futures):
+            self._delivered[meta.partition] = max(self._delivered.get(meta.partition, 0), meta.offset + 1)
+        if time.monotonic() - self._checkpointed >= self._checkpoint_s:
+            await self.checkpoint()
         return len(records)
+
+    async def checkpoint(self) -> None:
+        """Store the positions after this worker's own delivered records (see the module doc)."""
+        self._checkpointed = time.monotonic()
+        if self.store is not None and self._delivered:
+            await self.run(advance_positions, self.store, self.name, dict(self._delivered))
 
     def open(self, store: LmdbStore) -> None:
         """Use ``store`` and start restoring the partitions assigned so far."""
@@ -251,6 +276,13 @@ class Changelog:
         return latest, positions
 
     async def stop(self) -> None:
+        """Checkpoint, then close the restore consumer."""
+        try:
+            await self.checkpoint()
+        finally:
+            await self._close_consumer()
+
+    async def _close_consumer(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent / "store"))
 from store_helpers import make_profile  # noqa: E402
 
 from store import LmdbStore, RecordError, decode_changelog, encode_changelog, encode_profile  # noqa: E402
-from stream.changelog import collect, holds_more, merge  # noqa: E402
+from stream.changelog import advance_positions, collect, holds_more, merge  # noqa: E402
 from stream.events import Event  # noqa: E402
 from stream.windows import UserWindow  # noqa: E402
 
@@ -80,6 +80,15 @@ def test_merge_stores_the_next_changelog_offsets_in_the_same_transaction(tmp_pat
         merge(store, {"v": b"\x09junk"}, "cl", {0: 9})
     with store.read() as r:
         assert r.get_offsets()[("cl", 0)] == 5 and r.get_profile("v") is None
+    store.close()
+
+
+def test_checkpoints_only_raise_restore_positions(tmp_path: Path):
+    store = LmdbStore(tmp_path / "s", map_size_mb=16)
+    merge(store, {}, "cl", {0: 10, 1: 3})
+    advance_positions(store, "cl", {0: 7, 1: 8, 2: 1})
+    with store.read() as r:
+        assert r.get_offsets() == {("cl", 0): 10, ("cl", 1): 8, ("cl", 2): 1}
     store.close()
 
 

@@ -193,6 +193,11 @@ def test_sigkill_mid_stream_then_restart_equals_an_uninterrupted_run(
         stop(proc)
         # the changelog holds every user's final profile: another worker could take over
         assert_equal_profiles(changelog_latest(settings), want)
+        if disk == "kept":  # a graceful stop checkpointed: a restart reads nothing again
+            proc = start_worker(settings, store, log, group)
+            wait_for(lambda: logged(log, "restored ", 3), "third start", [log], 120, [proc])
+            last_restore = [line for line in log.read_text().splitlines() if "restored " in line][-1]
+            assert ": 0 users" in last_restore, last_restore
     finally:
         stop(proc)
 
