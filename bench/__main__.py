@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import sys
 
-from bench import scoring
+from bench import scoring, store
+
+BENCHMARKS = {"scoring": scoring.run, "store": store.run}
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
+    names = parser.parse_args().names or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
     machine = {"python": platform.python_version(), "machine": platform.machine(), "cpus": __import__("os").cpu_count()}
-    for result in (scoring.run(),):
+    for result in (BENCHMARKS[name]() for name in names):
         print(json.dumps({**result, **machine}))
         sys.stdout.flush()
 

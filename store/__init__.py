@@ -9,10 +9,13 @@ from store.records import (
     ItemRecord,
     ProfileRecord,
     RecordError,
+    decode_changelog,
     decode_item,
     decode_profile,
+    encode_changelog,
     encode_item,
     encode_profile,
+    event_id_hash,
 )
 
 __all__ = [
@@ -24,8 +27,11 @@ __all__ = [
     "RecordError",
     "StoreError",
     "WriteTxn",
+    "decode_changelog",
     "decode_item",
     "decode_profile",
+    "encode_changelog",
     "encode_item",
     "encode_profile",
+    "event_id_hash",
 ]

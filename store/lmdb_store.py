@@ -1,6 +1,6 @@
 """The LMDB environment that holds items, profiles, seen items, offsets and counters.
 
-Layout: one environment (a directory), seven named databases, keys are UTF-8 ids of at most
+Layout: one environment (a directory), six named databases, keys are UTF-8 ids of at most
 511 bytes (LMDB's key limit; longer or empty ids raise ``ValueError``):
 
 ============  ==========================  =============================================
@@ -9,8 +9,8 @@ database      key                         value
 items         item id                     :func:`store.records.encode_item`
 profiles      user id                     :func:`store.records.encode_profile`
 seen          user id (dupsort)           one value per item id the user interacted with
-event_ids     blake2b(user) blake2b(eid)  empty: an applied event id (dedupe)
-offsets       topic ``\\0`` partition u32  highest consumed input offset, int64
+offsets       topic ``\\0`` partition u32  highest consumed input offset, int64 (for the
+                                          profiles changelog: the next offset to restore from)
 counters      counter name                int64
 meta          name                        ``schema`` -> layout version
 ============  ==========================  =============================================
@@ -20,7 +20,8 @@ Commit order (exactly-once for profiles). A flush must:
 1. write the profiles, seen items, counters **and the input offsets it consumed** in one
    :meth:`LmdbStore.write` block, which is one LMDB write transaction;
 2. leave the block normally, which commits (fsync'd: ``sync=True``, ``map_async=False``);
-3. only then ack / commit the Kafka events.
+3. only then ack / commit the Kafka events (the worker first sends the committed profiles to
+   the changelog topic and waits for delivery, see :mod:`stream.changelog`).
 
 A crash before 2 loses the whole flush, and Kafka redelivers it; a crash between 2 and 3
 redelivers events the profiles already hold, and the per-profile ``applied`` offsets skip them.
@@ -59,14 +60,22 @@ from typing import Any
 
 import lmdb
 
-from store.records import ItemRecord, ProfileRecord, decode_item, decode_profile, encode_item, encode_profile
+from store.records import (
+    VECTOR_DTYPES,
+    ItemRecord,
+    ProfileRecord,
+    decode_item,
+    decode_profile,
+    encode_item,
+    encode_profile,
+)
 
 __all__ = ["LmdbStore", "ReadTxn", "StoreError", "WriteTxn"]
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-DB_NAMES = ("items", "profiles", "seen", "event_ids", "offsets", "counters", "meta")
+DB_NAMES = ("items", "profiles", "seen", "offsets", "counters", "meta")
 MAX_KEY_BYTES = 511
 GROW_AT = 0.70
 #: Waiting longer than this for read transactions to end before growing the map is an error.
@@ -88,10 +97,6 @@ def _key(kind: str, value: str) -> bytes:
     return b
 
 
-def _digest(value: str) -> bytes:
-    return hashlib.blake2b(value.encode("utf-8"), digest_size=16).digest()
-
-
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -107,6 +112,10 @@ class ReadTxn:
     def get_profile(self, user_id: str) -> ProfileRecord | None:
         data = self._txn.get(_key("user", user_id), db=self._dbs["profiles"])
         return None if data is None else decode_profile(data)
+
+    def get_profile_bytes(self, user_id: str) -> bytes | None:
+        """The encoded profile as stored (for the changelog; no decode/encode round trip)."""
+        return self._txn.get(_key("user", user_id), db=self._dbs["profiles"])
 
     def get_profiles(self, user_ids: Iterable[str]) -> dict[str, ProfileRecord]:
         """The stored profiles among ``user_ids``; users without one are absent."""
@@ -163,7 +172,7 @@ class WriteTxn(ReadTxn):
         self._journal: list[tuple[str, Any, bytes, bytes]] = []
 
     def put_profile(self, rec: ProfileRecord) -> None:
-        self._apply("put", "profiles", _key("user", rec.user_id), encode_profile(rec))
+        self._apply("put", "profiles", _key("user", rec.user_id), encode_profile(rec, self._store.vector_dtype))
 
     def add_seen(self, user_id: str, item_ids: Iterable[str]) -> None:
         """Add ``item_ids`` to the user's seen set (already-present ids are ignored)."""
@@ -189,18 +198,9 @@ class WriteTxn(ReadTxn):
         value = (_I64.unpack(old)[0] if old is not None else 0) + n
         self._apply("put", "counters", key, _I64.pack(value))
 
-    def add_event_id(self, user_id: str, event_id: str) -> bool:
-        """Record that the user's event ``event_id`` was applied; False if it already was.
-
-        Keys are fixed-size digests (user, event id), so any id fits LMDB's key limit and a
-        user's entries form one key range that :meth:`forget` deletes.
-        """
-        _key("user", user_id)
-        return self._apply("add", "event_ids", _digest(user_id) + _digest(event_id), b"")
-
     def forget(self, user_id: str) -> bool:
-        """Delete the user's profile (history, counts, applied offsets), seen set and event
-        ids; True if any existed. Aggregate counters hold no user id and are kept.
+        """Delete the user's profile (history, counts, applied offsets, recent event ids) and
+        seen set; True if any existed. Aggregate counters hold no user id and are kept.
 
         The ids leave every database. LMDB reuses freed pages later, so old bytes can remain
         in the file until then; copy the environment with compaction to purge them at once.
@@ -208,17 +208,7 @@ class WriteTxn(ReadTxn):
         key = _key("user", user_id)
         had_profile = self._apply("delete", "profiles", key, b"")
         had_seen = self._apply("delete", "seen", key, b"")  # b"" value: all duplicates
-        prefix = _digest(user_id)
-        cur = self._txn.cursor(db=self._dbs["event_ids"])
-        doomed = []
-        if cur.set_range(prefix):
-            for k in cur.iternext(keys=True, values=False):
-                if not k.startswith(prefix):
-                    break
-                doomed.append(k)
-        for k in doomed:
-            self._apply("delete", "event_ids", k, b"")
-        return bool(had_profile or had_seen or doomed)
+        return bool(had_profile or had_seen)
 
     def _apply(self, op: str, db_name: str, key: bytes, value: bytes) -> bool:
         entry = (op, db_name, key, value)
@@ -262,6 +252,8 @@ class LmdbStore:
     :param max_map_size_mb: growth stops here; a write that needs more raises StoreError.
     :param durable: fsync on every commit (default). ``False`` is for scratch stores (replay):
         a crash may then lose recent commits, so never use it where offsets are kept.
+    :param vector_dtype: how profile vectors are written (``float32`` or ``float16``); records
+        of either dtype are read.
     :raises StoreError: the path cannot be created or opened (permissions, read-only file
         system, not a recstream store, newer schema).
     """
@@ -273,7 +265,11 @@ class LmdbStore:
         readonly: bool = False,
         max_map_size_mb: int = 1 << 20,
         durable: bool = True,
+        vector_dtype: str = "float32",
     ) -> None:
+        if vector_dtype not in VECTOR_DTYPES:
+            raise ValueError(f"vector_dtype must be one of {', '.join(VECTOR_DTYPES)}, got {vector_dtype!r}")
+        self.vector_dtype = vector_dtype
         self.path = Path(path)
         self.readonly = readonly
         self.max_map_size = max_map_size_mb * _MB

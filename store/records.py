@@ -7,19 +7,23 @@ orjson. Decoding checks every length against the buffer, so truncated or padded 
 unknown versions raise :class:`RecordError` (a ``ValueError``) with a one-line message, never
 a half-filled record.
 
-Vectors are float32. float16 would halve a profile (384 x 2 horizons: 3 KB -> 1.5 KB) at
-about 3 significant digits; that would be a new format version, and ``decode_*`` would
-keep reading version 1.
+Profile format version 2 adds a vector dtype byte (float32, or float16 on request: 384 x 2
+horizons 3 KB -> 1.5 KB at about 3 significant digits) and the hashes of the user's recent
+event ids (event-id dedupe). Decoded vectors are always float32.
 
-Stability: version 1 of both formats is frozen. Change the layout only by adding a version,
-and keep decoding the old ones.
+Stability: profile version 1 and 2 and item version 1 are frozen; :func:`decode_profile`
+reads both profile versions, :func:`encode_profile` writes version 2. Change a layout only
+by adding a version, and keep decoding the old ones.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from collections.abc import Iterable
 from itertools import accumulate
+
+import hashlib
 
 import numpy as np
 import orjson
@@ -29,14 +33,22 @@ __all__ = [
     "ItemRecord",
     "ProfileRecord",
     "RecordError",
+    "decode_changelog",
     "decode_item",
     "decode_profile",
+    "encode_changelog",
     "encode_item",
     "encode_profile",
+    "event_id_hash",
 ]
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
+#: Vector dtypes a profile record may hold (code = index).
+VECTOR_DTYPES = ("float32", "float16")
+_VECTOR_NP = (np.dtype("<f4"), np.dtype("<f2"))
+_F16_MAX = 65504.0
 ITEM_VERSION = 1
+CHANGELOG_VERSION = 1
 
 _F32 = np.dtype("<f4")
 _F64 = np.dtype("<f8")
@@ -88,8 +100,15 @@ class ProfileRecord:
     history: list[HistoryEntry]  #: oldest first, bounded by the caller
     kind_counts: list[int]  #: events applied per kind
     updated_ms: int  #: processing time of the last flush
+    #: :func:`event_id_hash` of the newest event ids applied, oldest first, bounded by the caller
+    recent_ids: list[int] = field(default_factory=list)
 
     __eq__ = _eq
+
+
+def event_id_hash(event_id: str) -> int:
+    """A 64-bit hash of an event id (blake2b): 8 bytes per remembered id, collisions ~2^-64."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode("utf-8"), digest_size=8).digest(), "little")
 
 
 @dataclass(slots=True, eq=False)
@@ -163,13 +182,19 @@ def _history(entries: list[HistoryEntry]) -> bytes:
     ))
 
 
-def encode_profile(rec: ProfileRecord) -> bytes:
-    """Serialise ``rec`` (format version 1). Vectors are written as float32, weights float64.
+def encode_profile(rec: ProfileRecord, vector_dtype: str = "float32") -> bytes:
+    """Serialise ``rec`` (format version 2). Vectors as ``vector_dtype``, weights float64.
+
+    float16 rounds the vectors (relative error <= 2^-11); a record whose vectors exceed
+    float16's range (65504) is written as float32 instead (the dtype is per record).
 
     :raises ValueError: if ``vectors`` is not 2-D, ``weights`` does not have one value per
         horizon, or a string or count does not fit its field.
     """
+    code = VECTOR_DTYPES.index(vector_dtype)
     vectors = np.ascontiguousarray(rec.vectors, dtype=_F32)
+    if code == 1 and vectors.size and not float(np.abs(vectors).max()) <= _F16_MAX:
+        code = 0
     weights = np.ascontiguousarray(rec.weights, dtype=_F64)
     if vectors.ndim != 2 or weights.shape != (vectors.shape[0],):
         raise ValueError(
@@ -182,7 +207,8 @@ def encode_profile(rec: ProfileRecord) -> bytes:
         _HDR.pack(PROFILE_VERSION),
         _str16(rec.user_id),
         _PROFILE_FIXED.pack(rec.last_ts_ms, rec.event_count, rec.version, rec.updated_ms, h, dim),
-        vectors.tobytes(),
+        _U8.pack(code),
+        vectors.astype(_VECTOR_NP[code]).tobytes(),
         weights.tobytes(),
         _U8.pack(len(rec.kind_counts)),
         np.asarray(rec.kind_counts, dtype="<i8").tobytes(),
@@ -192,6 +218,10 @@ def encode_profile(rec: ProfileRecord) -> bytes:
         parts.append(_str16(source))
         parts.append(_APPLIED.pack(offset))
     parts.append(_history(rec.history))
+    if len(rec.recent_ids) > 0xFFFF:
+        raise ValueError(f"too many recent event ids: {len(rec.recent_ids)} (max 65535)")
+    parts.append(_U16.pack(len(rec.recent_ids)))
+    parts.append(np.asarray(rec.recent_ids, dtype="<u8").tobytes())
     return b"".join(parts)
 
 
@@ -213,6 +243,16 @@ def encode_item(rec: ItemRecord) -> bytes:
 
 def _str32_bytes(b: bytes) -> bytes:
     return _U32.pack(len(b)) + b
+
+
+def encode_changelog(profile: bytes, seen: Iterable[str]) -> bytes:
+    """A changelog value (format version 1): an encoded profile and the user's seen item ids.
+
+    The seen set travels with the profile so that a worker restoring the partition can keep
+    excluding everything the user interacted with, not only the bounded history.
+    """
+    ids = sorted(seen)
+    return b"".join((_HDR.pack(CHANGELOG_VERSION), _str32_bytes(profile), _U32.pack(len(ids)), *map(_str16, ids)))
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -272,10 +312,11 @@ class _Reader:
         if self.pos != len(self.data):
             raise RecordError(f"{self.what} record has {len(self.data) - self.pos} trailing bytes")
 
-    def version(self, expected: int) -> None:
+    def version(self, *known: int) -> int:
         v = self.u8()
-        if v != expected:
-            raise RecordError(f"unknown {self.what} record version {v} (this code reads {expected})")
+        if v not in known:
+            raise RecordError(f"unknown {self.what} record version {v} (this code reads {', '.join(map(str, known))})")
+        return v
 
 
 def _read_history(r: _Reader) -> list[HistoryEntry]:
@@ -307,10 +348,13 @@ def decode_profile(data: bytes) -> ProfileRecord:
     :raises RecordError: unknown version, truncated or trailing bytes, invalid UTF-8.
     """
     r = _Reader(data, "profile")
-    r.version(PROFILE_VERSION)
+    format_version = r.version(1, PROFILE_VERSION)
     user_id = r.str16()
     last_ts_ms, event_count, version, updated_ms, h, dim = r.unpack(_PROFILE_FIXED)
-    vectors = r.array(_F32, h * dim).reshape(h, dim)
+    code = r.u8() if format_version >= 2 else 0
+    if code >= len(_VECTOR_NP):
+        raise RecordError(f"unknown vector dtype code {code} in profile record")
+    vectors = r.array(_VECTOR_NP[code], h * dim).reshape(h, dim).astype(_F32, copy=False)
     weights = r.array(_F64, h)
     kind_counts = r.array("<i8", r.u8()).tolist()
     applied = {}
@@ -318,9 +362,11 @@ def decode_profile(data: bytes) -> ProfileRecord:
         source = r.str16()
         applied[source] = r.i64()
     history = _read_history(r)
+    recent_ids = r.array("<u8", r.u16()).tolist() if format_version >= 2 else []
     r.end()
     return ProfileRecord(
-        user_id, vectors, weights, last_ts_ms, event_count, version, applied, history, kind_counts, updated_ms
+        user_id, vectors, weights, last_ts_ms, event_count, version, applied, history, kind_counts, updated_ms,
+        recent_ids,
     )
 
 
@@ -342,3 +388,16 @@ def decode_item(data: bytes) -> ItemRecord:
         raise RecordError("invalid JSON attributes in item record") from None
     r.end()
     return ItemRecord(item_id, title, text, vector, attributes, updated_ms)
+
+
+def decode_changelog(data: bytes) -> tuple[ProfileRecord, set[str]]:
+    """Inverse of :func:`encode_changelog`: the profile and the seen item ids.
+
+    :raises RecordError: unknown version, truncated or trailing bytes, a bad inner profile.
+    """
+    r = _Reader(data, "changelog")
+    r.version(CHANGELOG_VERSION)
+    profile = decode_profile(r.take(r.u32()).tobytes())
+    seen = {r.str16() for _ in range(r.u32())}
+    r.end()
+    return profile, seen

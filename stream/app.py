@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from store import ItemRecord, LmdbStore
 from stream.catalog import Catalogue, InvalidItem, ItemMessage, item_text, item_vectors, parse_item
+from stream.changelog import Changelog
 from stream.config import Settings
 from stream.deadletter import dead_letter, reason_category
 from stream.control import parse_control, publish_tombstones
@@ -69,13 +70,14 @@ class WorkerContext:
         self.stopping = False  # set on shutdown: the agent then closes every window at once
         self.metrics = WorkerMetrics(self.stats, self.gauges)
         self.close_all_windows: Any = None  # set by create_app; awaited by stream.worker.Worker
+        self.changelog: Any = None
 
     def open(self) -> None:
         """Open the store, load the encoder (exporting it once) and the stored catalogue."""
         from encoders import CachedEncoder, EmbeddingCache, load_encoder
 
         s = self.settings
-        self.store = LmdbStore(s.store.path, map_size_mb=s.store.map_size_mb)
+        self.store = LmdbStore(s.store.path, map_size_mb=s.store.map_size_mb, vector_dtype=s.store.vector_dtype)
         self.store.on_commit = self.metrics.observe_commit
         encoder = load_encoder(s.encoder)
         timed = self.metrics.timed_encoder(encoder)
@@ -151,6 +153,15 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         guard_payload_logs()
     recommendations = app.topic(s.topics.recommendations, **raw)
     dlq = app.topic(s.topics.dlq, **raw)
+    changelog = Changelog(
+        app.topic(s.topics.changelog, **raw), s.topics.inputs.values(), aiokafka_config(s.broker),
+        lambda fn, *args: asyncio.get_running_loop().run_in_executor(ctx.executor, fn, *args),
+    )
+    ctx.changelog = changelog
+
+    @app.on_partitions_assigned.connect
+    async def on_partitions_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        changelog.on_assigned(assigned)  # restores start now; the agent waits for them
 
     async def send_dead_letter(raw_value: bytes | None, topic: str, partition: int, offset: int, reason: str) -> None:
         ctx.stats[f"dlq.{reason_category(reason)}"] += 1
@@ -165,6 +176,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             loop = asyncio.get_running_loop()
             started = time.perf_counter()
             result = await loop.run_in_executor(ctx.executor, ctx.processor.flush, windows, now_ms())
+            await changelog.publish(windows)  # delivered before any ack: see stream.changelog
             for event, reason in result.rejected:
                 topic, partition = event.source.rsplit(":", 1)
                 await send_dead_letter(_raw_of(windows, event), topic, int(partition), event.offset, reason)
@@ -192,6 +204,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         """
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(ctx.executor, ctx.open)
+        changelog.open(ctx.store)
         consumer = AIOKafkaConsumer(**aiokafka_config(s.broker), group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:
@@ -222,6 +235,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
                     log.info("catalogue ready: %d items", len(ctx.catalogue or ()))
         finally:
             await consumer.stop()
+            await changelog.stop()
 
     async def control(fevent: Any) -> None:
         """Run one control command; everything consumed before it is applied first."""
@@ -237,7 +251,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             loop = asyncio.get_running_loop()
             erased = await loop.run_in_executor(ctx.executor, ctx.store.forget_user, pseudonyms.store_id(command.user_id))
         try:
-            topics = await publish_tombstones(s, command.user_id)
+            topics = await publish_tombstones(s, command.user_id, m.partition)
         except Exception as exc:  # noqa: BLE001 - the erasure stands; the agent must not die
             log.error("forget request at %s:%d: store erased, tombstones not sent (%s); run recstream forget again",
                       m.topic, m.partition, type(exc).__name__)
@@ -251,6 +265,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         ctx.stream = stream
         await ctx.ready.wait()
         async for batch in stream.noack_take(s.windows.max_pending, within=s.windows.batch_timeout_s):
+            await changelog.ensure({fevent.message.partition for fevent in batch})
             ctx.last_input = time.monotonic()
             received = now_ms()
             for fevent in batch:
@@ -291,6 +306,12 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         from stream.web import register_views
 
         register_views(app, ctx)
+
+    if s.store.standby:
+
+        @app.timer(interval=s.store.standby_interval_s)
+        async def standby() -> None:
+            await changelog.standby()  # warm copies of the partitions other workers own
 
     @app.timer(interval=10.0)
     async def report() -> None:

@@ -301,6 +301,64 @@ def profile(obj: _Obj, user: str, as_json: bool) -> None:
     click.echo("  recent: " + "; ".join(h["title"] for h in summary["recent"]))
 
 
+@cli.group("store")
+def store_group() -> None:
+    """Operate on the LMDB store (--store): stats, compact, export, import."""
+
+
+@store_group.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def store_stats(obj: _Obj, as_json: bool) -> None:
+    """Entries per database, map size, used and file bytes (read-only; safe beside a worker)."""
+    from store.dump import store_stats as stats
+
+    out = stats(obj.settings().store.path)
+    click.echo(orjson.dumps(out).decode() if as_json else "\n".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in out.items()))
+
+
+@store_group.command("compact")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Write the compacted copy here.")
+@click.option("--in-place", is_flag=True, help="Replace the store's data file (stop its worker first).")
+@click.pass_obj
+def store_compact(obj: _Obj, out: Path | None, in_place: bool) -> None:
+    """Copy the store without free pages (purges forgotten users' old bytes)."""
+    from store.dump import compact
+
+    if (out is None) == (not in_place):
+        raise click.ClickException("give exactly one of --out DIR or --in-place")
+    before, after = compact(obj.settings().store.path, out)
+    click.echo(f"compacted {before} -> {after} bytes into {out or obj.settings().store.path}")
+
+
+@store_group.command("export")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@click.pass_obj
+def store_export(obj: _Obj, file: Path) -> None:
+    """Write the store as JSON Lines to FILE ('-': stdout); lossless, safe beside a worker."""
+    from store.dump import export_jsonl
+
+    path = obj.settings().store.path
+    with click.open_file(str(file), "wb") as out:
+        counts = export_jsonl(path, out)
+    click.echo("exported " + ", ".join(f"{n} {k}" for k, n in counts.items()), err=True)
+
+
+@store_group.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@click.pass_obj
+def store_import(obj: _Obj, file: Path) -> None:
+    """Load a JSON Lines export from FILE into the store (stop its worker first)."""
+    from store.dump import import_jsonl
+
+    settings = obj.settings()
+    if str(file) != "-" and not file.is_file():
+        raise click.ClickException(f"no such file: {file}")
+    with click.open_file(str(file), "rb") as lines:
+        counts = import_jsonl(settings.store.path, lines, str(file), settings.store.map_size_mb)
+    click.echo("imported " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+
+
 @cli.command()
 @click.argument("user")
 @click.option("--offline", is_flag=True, help="Erase from the local --store now (its worker must be stopped).")

@@ -125,6 +125,11 @@ class TopicSettings(_Section):
         """Operator commands (``forget``), keyed and co-partitioned like the inputs."""
         return self.name("control")
 
+    @property
+    def changelog(self) -> str:
+        """Compacted, partitioned like the inputs: the latest profile per user (stream.changelog)."""
+        return self.name("profiles-changelog")
+
 
 class EncoderSettings(_Section):
     """The text encoder: any local Hugging Face encoder directory, exported to ONNX once."""
@@ -144,6 +149,16 @@ class StoreSettings(_Section):
     path: Path = Path("var/recstream.lmdb")
     map_size_mb: int = Field(1024, ge=16)
     history_len: int = Field(50, ge=1, le=10_000)
+    #: float16 halves the vectors (profile 3.6 -> 2.1 KB at 384 x 2) at ~3 significant digits.
+    vector_dtype: Literal["float32", "float16"] = "float32"
+    #: Per user, the last N event ids applied are remembered (8 B each, in the profile) and
+    #: an event repeating one is skipped as a duplicate; 0 disables event-id dedupe.
+    dedupe_ids: int = Field(32, ge=0, le=65_535)
+    #: Keep a warm copy of the partitions this worker does not own (tail the profiles
+    #: changelog every ``standby_interval_s``): a partition moving here then restores only
+    #: the last records. Costs disk and writes for every profile on every worker.
+    standby: bool = False
+    standby_interval_s: float = Field(1.0, gt=0)
 
 
 class WindowSettings(_Section):

@@ -36,7 +36,6 @@ from stream.security import aiokafka_config
 __all__ = [
     "CONTROL_OPS",
     "ControlCommand",
-    "changelog_topic",
     "forget_locally",
     "forget_request",
     "parse_control",
@@ -75,33 +74,36 @@ def forget_request(user_id: str) -> tuple[bytes, bytes]:
     return user_id.encode("utf-8"), orjson.dumps({"op": "forget", "user_id": user_id})
 
 
-def changelog_topic(settings: Settings) -> str:
-    """The compacted profiles changelog, when the deployment has one (keyed by store id)."""
-    return settings.topics.name("profiles-changelog")
-
-
-async def publish_tombstones(settings: Settings, user_id: str) -> list[str]:
+async def publish_tombstones(settings: Settings, user_id: str, partition: int | None = None) -> list[str]:
     """Publish a null value for the user to every existing topic keyed by them; returns them.
 
     Topics are listed first so that no topic is auto-created by the tombstone itself.
+    ``partition``: the user's input partition (the control record's own, as the topics are
+    co-partitioned); the profiles changelog is partitioned by it rather than by its key (a
+    pseudonym when pseudonymisation is on), so its tombstone must go there to be compacted.
     """
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.partitioner import DefaultPartitioner
 
     config = aiokafka_config(settings.broker)
     lister = AIOKafkaConsumer(**config, group_id=None)
     await lister.start()
     try:
         existing = await lister.topics()
+        changelog_partitions = sorted(lister.partitions_for_topic(settings.topics.changelog) or [])
     finally:
         await lister.stop()
+    if partition is None and changelog_partitions:  # where the producers' default partitioner put the user
+        partition = DefaultPartitioner()(user_id.encode("utf-8"), changelog_partitions, changelog_partitions)
     store_id = Pseudonymiser(settings.privacy).store_id(user_id)
-    keys = {settings.topics.recommendations: user_id, changelog_topic(settings): store_id}
+    keys = {settings.topics.recommendations: user_id, settings.topics.changelog: store_id}
     targets = {t: k for t, k in keys.items() if t in existing}
     producer = AIOKafkaProducer(**config, acks="all")
     await producer.start()
     try:
         for topic, key in targets.items():
-            await producer.send_and_wait(topic, key=key.encode("utf-8"), value=None)
+            where = partition if topic == settings.topics.changelog else None
+            await producer.send_and_wait(topic, key=key.encode("utf-8"), value=None, partition=where)
     finally:
         await producer.stop()
     return sorted(targets)

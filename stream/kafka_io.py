@@ -48,42 +48,58 @@ def client_config(settings: Settings) -> dict[str, Any]:
 
 
 def ensure_topics(settings: Settings) -> None:
-    """Create the input, items, recommendations and dead-letter topics if missing. Idempotent.
+    """Create the input, items, recommendations, dead-letter and changelog topics if missing.
 
-    Every topic gets ``settings.topics.partitions`` partitions; items is compacted (the
-    latest message per item id is the catalogue). Existing topics are left as they are, but
-    the input topics must share one partition count: the worker joins them by user id, which
-    only works when they are co-partitioned. Raises :class:`TopicError` otherwise.
+    Idempotent. Every topic gets ``settings.topics.partitions`` partitions; items is compacted
+    (the latest message per item id is the catalogue), and so is the profiles changelog (the
+    latest profile per user, see :mod:`stream.changelog`), which is created with the input
+    topics' partition count. Existing topics are left as they are, but the input topics must
+    share one partition count (the worker joins them by user id, which only works when they
+    are co-partitioned) and the changelog must have it too. Raises :class:`TopicError` otherwise.
     """
     from kafka import KafkaAdminClient
 
     topics = settings.topics
+    replication = 1 if _single_node(settings) else -1
     wanted: dict[str, dict[str, Any]] = {
-        name: {"num_partitions": topics.partitions, "replication_factor": 1 if _single_node(settings) else -1}
-        for name in [*topics.inputs.values(), topics.control, topics.items, topics.recommendations, topics.dlq]
+        name: {"num_partitions": topics.partitions, "replication_factor": replication}
+        for name in [*topics.inputs.values(), topics.items, topics.recommendations, topics.dlq]
     }
     wanted[topics.items]["configs"] = {"cleanup.policy": "compact"}
 
     admin = KafkaAdminClient(**client_config(settings), client_id=f"{settings.app_id}-admin")
     try:
-        response = admin.create_topics(wanted, raise_errors=False)
-        for result in response["topics"]:
-            code = result["error_code"]
-            if code == _TOPIC_ALREADY_EXISTS:
-                log.debug("topic %s already exists", result["name"])
-            elif code:
-                raise TopicError(f"cannot create topic {result['name']}: error {code} {result.get('error_message') or ''}".rstrip())
-            else:
-                log.info("created topic %s (%d partitions)", result["name"], topics.partitions)
-        counts = _partition_counts(admin, [*topics.inputs.values(), topics.control])
+        _create(admin, wanted)
+        counts = _partition_counts(admin, list(topics.inputs.values()))
+        # partitioned like the inputs, whatever topics.partitions says (stream.control, stream.changelog)
+        _create(admin, {topics.changelog: {"num_partitions": max(counts.values()), "replication_factor": replication,
+                                           "configs": {"cleanup.policy": "compact"}},
+                        topics.control: {"num_partitions": max(counts.values()), "replication_factor": replication}})
+        changelog_count = _partition_counts(admin, [topics.changelog])[topics.changelog]
+        counts.update(_partition_counts(admin, [topics.control]))
     finally:
         admin.close()
     if len(set(counts.values())) > 1:
         shape = ", ".join(f"{name}={n}" for name, n in counts.items())
         raise TopicError(f"input topics are not co-partitioned ({shape}); they need equal partition counts")
+    if changelog_count != next(iter(counts.values())):
+        raise TopicError(f"{topics.changelog} has {changelog_count} partitions, the input topics "
+                         f"{next(iter(counts.values()))}; it must be partitioned like the inputs")
     if set(counts.values()) != {topics.partitions}:
         log.warning("input topics have %s partitions, settings say %d; using the topics as they are",
                     next(iter(counts.values())), topics.partitions)
+
+
+def _create(admin: Any, wanted: dict[str, dict[str, Any]]) -> None:
+    response = admin.create_topics(wanted, raise_errors=False)
+    for result in response["topics"]:
+        code = result["error_code"]
+        if code == _TOPIC_ALREADY_EXISTS:
+            log.debug("topic %s already exists", result["name"])
+        elif code:
+            raise TopicError(f"cannot create topic {result['name']}: error {code} {result.get('error_message') or ''}".rstrip())
+        else:
+            log.info("created topic %s (%d partitions)", result["name"], wanted[result["name"]]["num_partitions"])
 
 
 def _single_node(settings: Settings) -> bool:

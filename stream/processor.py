@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from store import HistoryEntry, LmdbStore, ProfileRecord
+from store import HistoryEntry, LmdbStore, ProfileRecord, event_id_hash
 from stream.catalog import Catalogue
 from stream.config import EVENT_KINDS, Settings
 from stream.events import Event
@@ -156,6 +156,7 @@ class Processor:
             return result
         text_vectors = self._text_vectors(windows)
         history_len = self.settings.store.history_len
+        dedupe_ids = self.settings.store.dedupe_ids
         updated: list[ProfileRecord] = []
         seen: dict[str, set[str]] = {}
         kinds: Counter[str] = Counter()
@@ -167,6 +168,7 @@ class Processor:
                 rec = profiles.get(window.user_id) or self.new_profile(window.user_id)
                 rec = self.conform(rec)
                 applied = dict(rec.applied)
+                recent = list(rec.recent_ids)  # event-id dedupe: hashes of the last ids applied
                 vectors, weights, ts, items = [], [], [], []
                 for event in sorted(window.events, key=lambda e: (e.source, e.offset)):
                     positions[event.source] = max(positions.get(event.source, -1), event.offset)
@@ -174,6 +176,10 @@ class Processor:
                         result.duplicates += 1
                         continue
                     applied[event.source] = event.offset
+                    id_hash = event_id_hash(event.event_id) if dedupe_ids and event.event_id else None
+                    if id_hash is not None and id_hash in recent:  # a producer retry: DLQ, with the reason
+                        result.rejected.append((event, f"duplicate event_id {event.event_id[:40]!r}"))
+                        continue
                     if self.lateness_ms is not None and rec.last_ts_ms and event.ts_ms < rec.last_ts_ms - self.lateness_ms:
                         late_s = (rec.last_ts_ms - event.ts_ms) / 1000
                         result.rejected.append((event, f"late event: {late_s:.0f} s older than the user's newest"))
@@ -182,9 +188,8 @@ class Processor:
                     if vector is None:
                         result.rejected.append((event, f"unknown item {event.item_id!r} and no text to encode"))
                         continue
-                    if event.event_id is not None and not txn.add_event_id(rec.user_id, event.event_id):
-                        result.rejected.append((event, f"duplicate event_id {event.event_id[:40]!r}"))
-                        continue
+                    if id_hash is not None:
+                        recent.append(id_hash)
                     vectors.append(vector)
                     weights.append(self.kind_weights[event.kind])
                     ts.append(event.ts_ms)
@@ -192,6 +197,7 @@ class Processor:
                 if applied == rec.applied:
                     continue  # nothing new for this user (all duplicates)
                 rec.applied = applied
+                rec.recent_ids = recent[-dedupe_ids:] if dedupe_ids else []
                 if items:
                     rec.vectors, rec.weights, rec.last_ts_ms = apply_events(
                         rec.vectors, rec.weights, rec.last_ts_ms,

@@ -123,7 +123,8 @@ def run_replay(
     applied_until = -(2**63)  # newest event time applied to any state so far
 
     with tempfile.TemporaryDirectory(prefix="recstream-replay-") as tmp:
-        store = LmdbStore(Path(tmp) / "store.lmdb", map_size_mb=settings.store.map_size_mb, durable=False)
+        store = LmdbStore(Path(tmp) / "store.lmdb", map_size_mb=settings.store.map_size_mb, durable=False,
+                          vector_dtype=settings.store.vector_dtype)
         processor = Processor(settings, store, catalogue, encoder)
 
         def process(chunk: list[int]) -> None:

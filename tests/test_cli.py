@@ -41,5 +41,5 @@ def test_malformed_event_file_names_the_line(tmp_path):
 def test_help_lists_every_command():
     out = recstream("--help")
     assert out.returncode == 0
-    for command in ("broker", "worker", "catalog", "publish", "tail", "profile", "demo", "replay", "topics", "encoders"):
+    for command in ("broker", "worker", "catalog", "publish", "tail", "profile", "demo", "replay", "topics", "encoders", "store"):
         assert command in out.stdout

@@ -23,7 +23,7 @@ from stream.kafka_io import (
 
 def _all_topics(settings):
     t = settings.topics
-    return [*t.inputs.values(), t.items, t.recommendations, t.dlq]
+    return [*t.inputs.values(), t.items, t.recommendations, t.dlq, t.changelog]
 
 
 def _read_all(settings, topics, expected: int, timeout_s: float = 15) -> list:
@@ -58,10 +58,12 @@ def test_ensure_topics_is_idempotent_with_partitions_and_compaction(settings):
         # default "modified" filter hides them: ask for all.
         configs = admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, settings.topics.items),
-             ConfigResource(ConfigResourceType.TOPIC, settings.topics.recommendations)],
+             ConfigResource(ConfigResourceType.TOPIC, settings.topics.recommendations),
+             ConfigResource(ConfigResourceType.TOPIC, settings.topics.changelog)],
             config_filter="all",
         )["topic"]
         assert configs[settings.topics.items]["cleanup.policy"]["value"] == "compact"
+        assert configs[settings.topics.changelog]["cleanup.policy"]["value"] == "compact"
         assert configs[settings.topics.recommendations].get("cleanup.policy", {}).get("value", "delete") == "delete"
     finally:
         admin.close()
@@ -85,6 +87,20 @@ def test_existing_equal_partition_counts_are_kept(settings):
     counts = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(list(settings.topics.inputs.values()))}
     admin.close()
     assert set(counts.values()) == {settings.topics.partitions}
+
+
+@pytest.mark.integration
+def test_the_changelog_is_partitioned_like_existing_inputs(settings):
+    admin = KafkaAdminClient(**client_config(settings))
+    admin.create_topics({name: {"num_partitions": 3, "replication_factor": 1} for name in settings.topics.inputs.values()})
+    ensure_topics(settings)  # settings say 4; the inputs have 3
+    (changelog,) = admin.describe_topics([settings.topics.changelog])
+    assert len(changelog["partitions"]) == 3
+    other = load_settings(**{**settings.model_dump(), "topics": {"prefix": settings.topics.prefix + "x."}})
+    admin.create_topics({other.topics.changelog: {"num_partitions": 2, "replication_factor": 1}})
+    admin.close()
+    with pytest.raises(TopicError, match=r"profiles-changelog has 2 partitions, the input topics 4"):
+        ensure_topics(other)
 
 
 # --- publishing ---------------------------------------------------------------------------

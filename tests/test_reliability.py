@@ -22,7 +22,7 @@ from kafka.admin import NewTopic
 
 from store import LmdbStore
 from stream.config import PrivacySettings
-from stream.control import changelog_topic, forget_locally, request_forget
+from stream.control import forget_locally, request_forget
 from stream.kafka_io import ensure_topics, publish_items
 from stream.privacy import Pseudonymiser
 from corpus.hostile import TS, event_cases, item_cases
@@ -209,7 +209,7 @@ def test_pseudonymised_store_and_logs_hold_no_user_id(settings, producer, tmp_pa
         assert [txn.get_profile(pseudonyms.store_id(u)).event_count for u in users] == [3, 3]
 
     # offline forget (worker stopped), keyed by the real id, erases the pseudonym's data
-    changelog = changelog_topic(settings)  # a deployment with a profiles changelog gets a tombstone there too
+    changelog = settings.topics.changelog  # a deployment with a profiles changelog gets a tombstone there too
     admin = KafkaAdminClient(bootstrap_servers=settings.broker.bootstrap)
     admin.create_topics([NewTopic(changelog, 1, 1, topic_configs={"cleanup.policy": "compact"})])
     admin.close()

@@ -47,6 +47,7 @@ def profiles(draw) -> ProfileRecord:
         )),
         kind_counts=draw(st.lists(st.integers(0, 2**40), min_size=3, max_size=3)),
         updated_ms=draw(i64),
+        recent_ids=draw(st.lists(st.integers(0, 2**64 - 1), max_size=40)),
     )
 
 
@@ -71,6 +72,47 @@ def test_profile_round_trip(rec):
     assert out.vectors.dtype == np.float32 and out.vectors.shape == rec.vectors.shape
     assert out.weights.dtype == np.float64
     assert [type(h.ts_ms) for h in out.history] == [int] * len(rec.history)
+    assert [type(i) for i in out.recent_ids] == [int] * len(rec.recent_ids)
+
+
+#: A version-1 record (dim 4, 2 horizons) as the version-1 encoder wrote it: must stay readable.
+PROFILE_V1_HEX = (
+    "010300752d31b873e5cf8b01000003000000000000000200000000000000288be5cf8b0100000200040000000000003f0000a0bf0000"
+    "4040000000006f12833a0000004000008040000000c1000000000000f83f000000000000024003010000000000000000000000000000"
+    "00010000000000000001000800742e766965773a3129000000000000000200000000020231303230e86be5cf8b010000d00700000002"
+)
+
+
+def test_version_1_records_are_still_read():
+    rec = decode_profile(bytes.fromhex(PROFILE_V1_HEX))
+    assert rec == ProfileRecord(
+        "u-1", np.array([[0.5, -1.25, 3.0, 0.0], [1e-3, 2, 4, -8]], np.float32), np.array([1.5, 2.25]),
+        1700000003000, 3, 2, {"t.view:1": 41},
+        [HistoryEntry("10", 1700000001000, 0), HistoryEntry("20", 1700000003000, 2)], [1, 0, 1], 1700000009000, [],
+    )
+    assert decode_profile(encode_profile(rec)) == rec  # re-encoded as the current version
+
+
+@settings(max_examples=100, deadline=None)
+@given(profiles())
+def test_float16_vectors_round_trip_within_half_precision(rec):
+    out = decode_profile(encode_profile(rec, vector_dtype="float16"))
+    assert out.vectors.dtype == np.float32
+    if rec.vectors.size and np.abs(rec.vectors).max() > 65504:  # beyond float16: kept as float32
+        np.testing.assert_array_equal(out.vectors, rec.vectors)
+    else:
+        np.testing.assert_array_equal(out.vectors, rec.vectors.astype(np.float16).astype(np.float32))
+    rec.vectors = out.vectors
+    assert out == rec  # everything but the vectors is exact
+
+
+def test_unknown_vector_dtype_raises():
+    with pytest.raises(ValueError):
+        encode_profile(make_profile(dim=4), vector_dtype="bfloat16")
+    data = bytearray(encode_profile(make_profile(user_id="ab", dim=4)))
+    data[1 + 2 + 2 + 38] = 9  # the dtype byte after version, user id and the fixed fields
+    with pytest.raises(RecordError, match="dtype code 9"):
+        decode_profile(bytes(data))
 
 
 @settings(max_examples=200, deadline=None)
@@ -152,7 +194,7 @@ def test_profile_size_at_dim_384(capsys):
     short = make_profile(dim=384, horizons=2, history=50)
     long = make_profile(dim=384, horizons=2, history=50)
     long.history = [HistoryEntry(f"item-{i:06d}", h.ts_ms, h.kind) for i, h in enumerate(long.history)]
-    fixed = 1 + 2 + 2 + 4 * 8 + 2 + 4  # version, user id, 4 int64s, H, dim
+    fixed = 1 + 2 + 2 + 4 * 8 + 2 + 4 + 1 + 2  # version, user id, 4 int64s, H, dim, dtype, recent ids
     arrays = 2 * 384 * 4 + 2 * 8 + 1 + 3 * 8  # vectors, weights, kind counts
     applied = 2 + sum(2 + len(k) + 8 for k in short.applied)
     history_hdr = 4 + 1 + 8  # count, flags, first ts
@@ -161,7 +203,12 @@ def test_profile_size_at_dim_384(capsys):
     size_short, size_long = len(encode_profile(short)), len(encode_profile(long))
     assert size_short == expected_short
     assert size_long == expected_short - ids + 50 * len("item-000000")
+    size_f16 = len(encode_profile(short, vector_dtype="float16"))
+    assert size_f16 == size_short - 2 * 384 * 2
+    short.recent_ids = list(range(32))
+    size_f16_ids = len(encode_profile(short, vector_dtype="float16"))
+    assert size_f16_ids == size_f16 + 32 * 8
     with capsys.disabled():
         print(f"\nprofile record, dim 384 x 2 horizons, 50 history: {size_short} B (MovieLens ids), "
-              f"{size_long} B (11-byte ids); vectors alone {2 * 384 * 4} B")
-    assert size_long <= 4096
+              f"{size_long} B (11-byte ids); float16 vectors: {size_f16} B, + 32 event ids: {size_f16_ids} B")
+    assert size_long <= 4096 and size_f16 <= 2560
