@@ -33,16 +33,21 @@ class OnnxTextEncoder:
         ``manifest.json``; it is verified (format version, model checksum) before loading.
     :param provider: ``"auto"`` uses CUDA when onnxruntime offers it and CPU otherwise;
         ``"cuda"`` raises :class:`EncoderError` when CUDA is unavailable; ``"cpu"`` forces CPU.
+        An fp16 export is a GPU model: ``"auto"`` without CUDA refuses it (onnxruntime's CPU
+        kernels run fp16 through casts, slower than fp32); only an explicit ``"cpu"`` runs it
+        there (parity checks), with a warning.
     :param max_length: tokens per text, longer texts are truncated; capped at the model's
         own limit from the manifest.
     :param batch_size: texts per onnxruntime call.
+    :param threads: onnxruntime intra-op threads (default: every CPU the OS reports).
 
     ``encode`` is safe to call from several threads (onnxruntime sessions and tokenizers
     are). ``model_id`` is the checksum of ``model.onnx``: equal ids give equal vectors for
     equal texts and ``max_length``, so it keys embedding caches.
     """
 
-    def __init__(self, export_dir: Path, provider: str = "auto", max_length: int = 128, batch_size: int = 64) -> None:
+    def __init__(self, export_dir: Path, provider: str = "auto", max_length: int = 128, batch_size: int = 64,
+                 threads: int | None = None) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -63,11 +68,21 @@ class OnnxTextEncoder:
         wanted = [CUDA, CPU] if provider in ("auto", "cuda") and CUDA in available else [CPU]
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = os.cpu_count() or 1
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.log_severity_level = 3  # errors only; CUDA's "some nodes on CPU" notes are noise
         self.session = ort.InferenceSession(str(self.export_dir / "model.onnx"), options, providers=wanted)
-        if provider == "cuda" and CUDA not in self.session.get_providers():
+        on_cuda = CUDA in self.session.get_providers()
+        if provider == "cuda" and not on_cuda:
             raise EncoderError("provider 'cuda' requested but the CUDA provider failed to load (check CUDA/cuDNN libraries)")
+        if self.manifest.variant == "fp16" and not on_cuda:
+            if provider != "cpu":
+                raise EncoderError(f"{self.export_dir.name} is an fp16 (GPU) model but CUDA is not available here: "
+                                   "use variant fp32 or int8 on CPU (or provider 'cpu' to force it, slowly)")
+            log.warning("running the fp16 model %s on CPU: correct but slower than fp32", self.export_dir.name)
+        #: on CUDA, inputs are bound once and the output stays on the device until copied
+        #: out: no per-call host allocations or implicit synchronising copies
+        self.io_binding: bool = on_cuda
+        self._device = "cuda" if on_cuda else "cpu"
         self._inputs = {i.name for i in self.session.get_inputs()}
 
         self.tokenizer = Tokenizer.from_file(str(self.export_dir / self.manifest.tokenizer))
@@ -116,9 +131,22 @@ class OnnxTextEncoder:
             ids[row, :n] = enc.ids
             mask[row, :n] = 1
             types[row, :n] = enc.type_ids
-        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        (vectors,) = self.session.run(["embeddings"], {k: v for k, v in feed.items() if k in self._inputs})
+        feed = {k: v for k, v in {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}.items() if k in self._inputs}
+        if self.io_binding:
+            return self._run_bound(feed)
+        (vectors,) = self.session.run(["embeddings"], feed)
         return vectors.astype(np.float32, copy=False)
+
+    def _run_bound(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """One call through IO binding: each input is copied to the GPU once, the output is
+        allocated on the GPU by onnxruntime and copied back once."""
+        binding = self.session.io_binding()
+        for name, array in feed.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        binding.bind_output("embeddings", self._device)
+        self.session.run_with_iobinding(binding)
+        (vectors,) = binding.copy_outputs_to_cpu()
+        return np.asarray(vectors, np.float32)
 
     def __repr__(self) -> str:
         return f"OnnxTextEncoder({str(self.export_dir)!r}, variant={self.manifest.variant}, dim={self.dim}, providers={self.providers})"

@@ -90,9 +90,12 @@ class Catalogue:
         self._dirty = False
 
     @classmethod
-    def from_items(cls, items: list[ItemMessage], encoder) -> "Catalogue":
-        """Encode ``items`` (one batched call) into a new catalogue."""
-        vectors = encoder.encode([item_text(i) for i in items])
+    def from_items(cls, items: list[ItemMessage], encoder, progress=None) -> "Catalogue":
+        """Encode ``items`` into a new catalogue, in chunks (resumable through a cached
+        encoder; ``progress`` gets an :class:`encoders.catalogue.EncodeProgress` per chunk)."""
+        from encoders.catalogue import encode_in_chunks
+
+        vectors = encode_in_chunks(encoder, [item_text(i) for i in items], progress=progress)
         catalogue = cls(encoder.dim)
         for item, vector in zip(items, vectors):
             catalogue.upsert(item.item_id, vector)

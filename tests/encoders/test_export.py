@@ -110,3 +110,17 @@ def test_bad_inputs_are_one_line_errors(tmp_path, cache_dir):
         ensure_exported(tmp_path, cache_dir)
     with pytest.raises(EncoderError, match="unknown variant"):
         export_onnx(default_model_dir(), tmp_path / "out", "bf16")
+
+
+def test_parity_over_the_ml100k_catalogue(cache_dir, fp32_dir, int8_dir):
+    """fp32 and int8 against the torch original on 160 real item texts and 16 long ones."""
+    from encoders.bench import _torch_encoder, bench_texts
+
+    texts = bench_texts(cache_dir, n=160)
+    sample = texts["short"] + texts["long"][:16]
+    torch_encode, _ = _torch_encoder(default_model_dir(), 128, 2)
+    want = np.vstack([torch_encode(sample[i : i + 64]) for i in range(0, len(sample), 64)])
+    fp32 = _cosines(OnnxTextEncoder(fp32_dir, provider="cpu").encode(sample), want)
+    int8 = _cosines(OnnxTextEncoder(int8_dir, provider="cpu").encode(sample), want)
+    assert fp32.min() >= 0.9999
+    assert int8.mean() >= 0.995 and np.percentile(int8, 1) >= 0.99 and int8.min() >= 0.98, (int8.mean(), int8.min())
