@@ -101,11 +101,16 @@ def _sorted_batches(encode: Encode, batch_size: int) -> Encode:
     return run
 
 
-def _time_rounds(engines: dict[str, Encode], texts: Sequence[str], rounds: int, budget_s: float) -> dict[str, float]:
+def _time_rounds(engines: dict[str, Encode], texts: Sequence[str], rounds: int, budget_s: float,
+                 max_cell_s: float = 20.0) -> dict[str, float]:
     """Best sentences/s per engine over ``rounds`` turns; each turn encodes whole batches of
-    ``texts`` until ``budget_s`` is spent (at least one call)."""
+    ``texts`` until ``budget_s`` is spent (at least one call). No new round starts once the
+    cell has taken ``max_cell_s`` (big batches of long texts take seconds per call)."""
     best = dict.fromkeys(engines, 0.0)
+    cell_started = time.perf_counter()
     for _ in range(rounds):
+        if time.perf_counter() - cell_started > max_cell_s:
+            break
         for name, encode in engines.items():
             done, started = 0, time.perf_counter()
             while True:

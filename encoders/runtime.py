@@ -40,6 +40,10 @@ class OnnxTextEncoder:
         own limit from the manifest.
     :param batch_size: texts per onnxruntime call.
     :param threads: onnxruntime intra-op threads (default: every CPU the OS reports).
+    :param max_batch_tokens: cap on padded tokens (rows × longest) per onnxruntime call; a
+        call holds at least one text. Default: 1024 on CPU (one call of 256 short ml-100k
+        texts padded to its longest cost twice the CPU time per text; 1024 brought it level
+        with batches of 32, see BENCHMARKS.md); 262144 on CUDA, where big calls pay off.
 
     ``encode`` is safe to call from several threads (onnxruntime sessions and tokenizers
     are). ``model_id`` is the checksum of ``model.onnx``: equal ids give equal vectors for
@@ -47,7 +51,7 @@ class OnnxTextEncoder:
     """
 
     def __init__(self, export_dir: Path, provider: str = "auto", max_length: int = 128, batch_size: int = 64,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, max_batch_tokens: int | None = None) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -83,6 +87,7 @@ class OnnxTextEncoder:
         #: out: no per-call host allocations or implicit synchronising copies
         self.io_binding: bool = on_cuda
         self._device = "cuda" if on_cuda else "cpu"
+        self.max_batch_tokens = int(max_batch_tokens or (262_144 if on_cuda else 1024))
         self._inputs = {i.name for i in self.session.get_inputs()}
 
         self.tokenizer = Tokenizer.from_file(str(self.export_dir / self.manifest.tokenizer))
@@ -115,11 +120,23 @@ class OnnxTextEncoder:
             texts = [t.encode("utf-16", "surrogatepass").decode("utf-16", "replace") for t in texts]
             encodings = self.tokenizer.encode_batch(texts)
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            out[rows] = self._run([encodings[i] for i in rows])
+        for rows in self._buckets([len(encodings[i].ids) for i in order]):
+            chosen = [order[i] for i in rows]
+            out[chosen] = self._run([encodings[i] for i in chosen])
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-12)  # int8/fp16 graphs drift slightly off norm 1
+
+    def _buckets(self, lengths: list[int]) -> list[range]:
+        """Cut ascending ``lengths`` into runs of at most ``batch_size`` rows whose padded size
+        (rows × the run's longest) stays within ``max_batch_tokens``: a few long texts then
+        never pad a whole batch of short ones, and huge calls do not thrash the caches."""
+        runs, start = [], 0
+        for end in range(1, len(lengths) + 1):
+            if end - start > self.batch_size or (end - start) * lengths[end - 1] > self.max_batch_tokens and end - 1 > start:
+                runs.append(range(start, end - 1))
+                start = end - 1
+        runs.append(range(start, len(lengths)))
+        return runs
 
     def _run(self, encodings: list) -> np.ndarray:
         width = max(len(e.ids) for e in encodings)

@@ -136,3 +136,14 @@ def test_fp16_needs_cuda_unless_cpu_is_forced(cache_dir, caplog):
 def test_thread_count_reaches_the_session(fp32_dir):
     session = OnnxTextEncoder(fp32_dir, provider="cpu", threads=1).session
     assert session.get_session_options().intra_op_num_threads == 1
+
+
+def test_buckets_cap_rows_and_padded_tokens(fp32_dir, varied):
+    enc = OnnxTextEncoder(fp32_dir, provider="cpu", batch_size=4, max_batch_tokens=40)
+    lengths = [2, 3, 3, 5, 9, 10, 10, 10, 40, 100]
+    runs = enc._buckets(lengths)
+    assert [list(r) for r in runs] == [[0, 1, 2, 3], [4, 5, 6, 7], [8], [9]]  # one text over the cap still runs
+    assert [i for r in runs for i in r] == list(range(len(lengths)))
+    assert enc._buckets([7]) == [range(0, 1)]
+    singles = np.vstack([enc.encode([t]) for t in varied])
+    np.testing.assert_allclose(enc.encode(varied), singles, atol=1e-5)
