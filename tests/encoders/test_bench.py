@@ -28,7 +28,7 @@ def test_one_run_measures_torch_and_each_variant(cache_dir, fp32_dir, int8_dir):
     for r in rows:
         assert r.sentences_per_s > 0
         torch_rate = next(t.sentences_per_s for t in rows if t.engine == "torch" and (t.texts, t.batch_size) == (r.texts, r.batch_size))
-        assert r.vs_torch == pytest.approx(r.sentences_per_s / torch_rate, abs=0.01)
+        assert r.vs_torch == pytest.approx(r.sentences_per_s / torch_rate, rel=0.05, abs=0.01)  # both rounded
     assert {r.provider for r in rows if r.engine != "torch"} == {"cpu"}
     table = format_table(rows)
     assert table.splitlines()[0] == "| texts (mean tokens) | batch | torch | onnx-fp32 | onnx-int8 |"
