@@ -83,8 +83,8 @@ class OnnxTextEncoder:
                 raise EncoderError(f"{self.export_dir.name} is an fp16 (GPU) model but CUDA is not available here: "
                                    "use variant fp32 or int8 on CPU (or provider 'cpu' to force it, slowly)")
             log.warning("running the fp16 model %s on CPU: correct but slower than fp32", self.export_dir.name)
-        #: on CUDA, inputs are bound once and the output stays on the device until copied
-        #: out: no per-call host allocations or implicit synchronising copies
+        #: on CUDA, calls go through IO binding: each input is copied to the device once and
+        #: the output is allocated there by onnxruntime and copied back once
         self.io_binding: bool = on_cuda
         self._device = "cuda" if on_cuda else "cpu"
         self.max_batch_tokens = int(max_batch_tokens or (262_144 if on_cuda else 1024))
@@ -132,7 +132,9 @@ class OnnxTextEncoder:
         never pad a whole batch of short ones, and huge calls do not thrash the caches."""
         runs, start = [], 0
         for end in range(1, len(lengths) + 1):
-            if end - start > self.batch_size or (end - start) * lengths[end - 1] > self.max_batch_tokens and end - 1 > start:
+            too_many = end - start > self.batch_size
+            too_wide = (end - start) * lengths[end - 1] > self.max_batch_tokens and end - 1 > start
+            if too_many or too_wide:
                 runs.append(range(start, end - 1))
                 start = end - 1
         runs.append(range(start, len(lengths)))
