@@ -5,6 +5,10 @@ Only the shape of the results is checked here: speed is proven by BENCHMARKS.md,
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from encoders import EncoderError
@@ -44,3 +48,10 @@ def test_fp16_is_refused_without_cuda():
         with pytest.raises(EncoderError):
             check_variants(["fp16"], "auto")
     check_variants(["fp32", "int8"], "cpu")
+
+
+def test_cli_refuses_fp16_on_cpu_in_one_line():
+    out = subprocess.run([sys.executable, "-m", "stream.cli", "encoders", "bench", "--variants", "fp32,fp16"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "RECSTREAM_ENCODER__PROVIDER": "cpu"})
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == "recstream: error: fp16 is a GPU variant: it needs onnxruntime's CUDA provider (pip install onnxruntime-gpu)"

@@ -3,6 +3,7 @@ encodes only what the first run did not finish."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -68,8 +69,6 @@ def test_cli_encode_fills_the_cache_then_hits_it(fp32_dir, tmp_path):
     env = {"RECSTREAM_ENCODER__CACHE_DIR": str(tmp_path / "cache"), "RECSTREAM_ENCODER__PROVIDER": "cpu"}
 
     def run():
-        import os
-
         return subprocess.run([sys.executable, "-m", "stream.cli", *env_args], capture_output=True, text=True,
                               timeout=120, env={**os.environ, **env})
 
