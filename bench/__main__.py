@@ -1,15 +1,17 @@
-"""Run the benchmark suite and print one JSON line per benchmark."""
+"""Run benchmarks and print one JSON line per benchmark: ``python -m bench [NAME ...]``
+(names: scoring, store, encoders; default: all)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 
-from bench import scoring, store
+from bench import encoders, scoring, store
 
-BENCHMARKS = {"scoring": scoring.run, "store": store.run}
+BENCHMARKS = {"scoring": scoring.run, "store": store.run, "encoders": encoders.run}
 
 
 def main() -> None:
@@ -19,7 +21,7 @@ def main() -> None:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
-    machine = {"python": platform.python_version(), "machine": platform.machine(), "cpus": __import__("os").cpu_count()}
+    machine = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
     for result in (BENCHMARKS[name]() for name in names):
         print(json.dumps({**result, **machine}))
         sys.stdout.flush()

@@ -82,6 +82,8 @@ class CachedEncoder:
         self.adapter = getattr(encoder, "adapter", None)
         self.max_length: int | None = getattr(encoder, "max_length", None)
         self._namespace = f"{self.model_id}/max_length={self.max_length}"
+        #: texts that missed the cache and went to the encoder, over this object's life
+        self.encoded = 0
 
     @property
     def providers(self) -> list[str]:
@@ -98,6 +100,7 @@ class CachedEncoder:
         fresh: dict[str, np.ndarray] = {}
         if missing:
             vectors = self.encoder.encode(missing)
+            self.encoded += len(missing)
             self.cache.put_many(self._namespace, missing, vectors)
             fresh = dict(zip(missing, vectors))
         for i, (text, vector) in enumerate(zip(texts, cached)):

@@ -29,6 +29,13 @@ VARIANTS = ("fp32", "int8", "fp16")
 #: Export-time gate: minimum cosine to torch over a few probes that include the empty string
 #: (int8's worst case, ~0.98; real sentences stay >= 0.99); a broken graph scores far lower.
 PARITY_MIN_COSINE = {"fp32": 0.9999, "int8": 0.97, "fp16": 0.999}
+#: How a variant is made beyond the fp32 graph, recorded in the manifest's ``exporter``. A
+#: changed recipe gets a new cache directory suffix, so older exports are not reused.
+RECIPES = {"int8": {"quantization": "dynamic MatMul weights, int8 per channel, reduce_range, FFN down-projections fp32"}}
+_CACHE_SUFFIX = {"fp32": "fp32-fused", "int8": "int8-fused-rr"}
+#: Variants whose graph gets onnxruntime's fused kernels (Attention, SkipLayerNormalization,
+#: BiasGelu). Not fp16: its parity gate runs on CPU, where the fused Attention is fp32-only.
+FUSED = ("fp32", "int8")
 
 
 def default_model_dir() -> Path:
@@ -127,15 +134,21 @@ def export_onnx(model_dir: Path, out_dir: Path, variant: str = "fp32") -> Path:
                 dynamic_shapes={name: {0: batch, 1: seq} for name in inputs}, dynamo=True, external_data=False,
                 opset_version=18, verbose=False,
             )
+        fusions = _fuse_for_onnxruntime(fp32_path) if variant in FUSED else {}
         final = tmp / "model.onnx"
         if variant == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             # weights only, per channel: quantising activation×activation MatMuls (attention),
-            # the embedding Gather or the FFN down-projections costs more accuracy than it saves
+            # the embedding Gather or the FFN down-projections costs more accuracy than it saves.
+            # reduce_range (7-bit weights): x86 CPUs without VNNI multiply u8×s8 pairs into
+            # saturating int16 sums; full-range weights saturate there (on ml-100k texts the
+            # 1st-percentile cosine to torch went 0.989 -> 0.994 with it, at the same speed)
+            # (the fused Attention nodes' QKV weights stay fp32: onnxruntime's quantiser leaves
+            # them, which also lifted every real sentence's cosine to torch above 0.99)
             quantize_dynamic(str(fp32_path), str(final), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                             extra_options={"MatMulConstBOnly": True}, per_channel=True,
-                             nodes_to_exclude=_down_projections(fp32_path))
+                             extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1},  # 1: FLOAT, for contrib ops
+                             per_channel=True, reduce_range=True, nodes_to_exclude=_down_projections(fp32_path))
         elif variant == "fp16":
             import onnx
             from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -151,7 +164,8 @@ def export_onnx(model_dir: Path, out_dir: Path, variant: str = "fp32") -> Path:
         manifest = Manifest(
             source=str(model_dir.resolve()), source_sha256=checksum, variant=variant,
             dim=int(model.config.hidden_size), max_length=max_length, inputs=inputs, onnx_sha256=file_sha256(final),
-            pad_id=int(pad_id), source_stat=source_stat(model_dir), exporter=_versions(),
+            pad_id=int(pad_id), source_stat=source_stat(model_dir),
+            exporter={**_versions(), **RECIPES.get(variant, {}), **({"fusions": json.dumps(fusions)} if fusions else {})},
         )
         write_manifest(tmp, manifest)
         _check_parity(tmp, module, tokenizer, inputs, PARITY_MIN_COSINE[variant])
@@ -166,6 +180,21 @@ def export_onnx(model_dir: Path, out_dir: Path, variant: str = "fp32") -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s (%s) to %s", model_dir, variant, out_dir)
     return out_dir
+
+
+def _fuse_for_onnxruntime(path: Path) -> dict[str, int]:
+    """Rewrite the dynamo graph in place with onnxscript's onnxruntime fusions; returns the
+    fusions applied. onnxruntime's own transformer optimiser does not recognise dynamo
+    graphs' attention; unfused, each layer materialises its score tensors (BENCHMARKS.md)."""
+    try:
+        import onnx_ir as ir
+        from onnxscript.rewriter.ort_fusions import optimize_for_ort
+    except ImportError as exc:  # an older onnxscript: the plain graph is correct, only slower
+        log.warning("graph left unfused (onnxscript>=0.5 has the onnxruntime fusions): %s", exc)
+        return {}
+    model, counts = optimize_for_ort(ir.load(str(path)))
+    ir.save(model, str(path))
+    return {name: n for name, n in counts.items() if n}
 
 
 def _down_projections(path: Path) -> list[str]:
@@ -221,7 +250,8 @@ def ensure_exported(model_dir: Path | None, cache_dir: Path, variant: str = "fp3
         return source if verify(source).variant == variant else _wrong_variant(source, variant)
     models = Path(cache_dir) / "models"
     stat = source_stat(source)
-    for manifest_path in sorted(models.glob(f"*-{variant}/manifest.json")):
+    suffix = _CACHE_SUFFIX.get(variant, variant)
+    for manifest_path in sorted(models.glob(f"*-{suffix}/manifest.json")):
         try:
             if json.loads(manifest_path.read_text()).get("source_stat") == stat:
                 verify(manifest_path.parent, variant)
@@ -230,7 +260,7 @@ def ensure_exported(model_dir: Path | None, cache_dir: Path, variant: str = "fp3
             continue  # unreadable or corrupt: the checksum path below decides
     checksum = source_checksum(source)
     name = "all-MiniLM-L6-v2" if model_dir is None else source.name
-    out = models / f"{name}-{checksum[:12]}-{variant}"
+    out = models / f"{name}-{checksum[:12]}-{suffix}"
     if (out / "manifest.json").is_file():
         try:
             verify(out, variant)

@@ -34,9 +34,17 @@ class OnnxTextEncoder:
         ``manifest.json``; it is verified (format version, model checksum) before loading.
     :param provider: ``"auto"`` uses CUDA when onnxruntime offers it and CPU otherwise;
         ``"cuda"`` raises :class:`EncoderError` when CUDA is unavailable; ``"cpu"`` forces CPU.
+        An fp16 export is a GPU model: ``"auto"`` without CUDA refuses it (onnxruntime's CPU
+        kernels run fp16 through casts, slower than fp32); only an explicit ``"cpu"`` runs it
+        there (parity checks), with a warning.
     :param max_length: tokens per text, longer texts are truncated; capped at the model's
         own limit from the manifest.
     :param batch_size: texts per onnxruntime call.
+    :param threads: onnxruntime intra-op threads (default: every CPU the OS reports).
+    :param max_batch_tokens: cap on padded tokens (rows × longest) per onnxruntime call; a
+        call holds at least one text. Default: 1024 on CPU (one call of 256 short ml-100k
+        texts padded to its longest cost twice the CPU time per text; 1024 brought it level
+        with batches of 32, see BENCHMARKS.md); 262144 on CUDA, where big calls pay off.
 
     ``encode`` is safe to call from several threads (onnxruntime sessions and tokenizers
     are). ``model_id`` is the checksum of ``model.onnx``: equal ids give equal vectors for
@@ -45,7 +53,7 @@ class OnnxTextEncoder:
 
     def __init__(
         self, export_dir: Path, provider: str = "auto", max_length: int = 128, batch_size: int = 64,
-        normalise: bool | None = None,
+        threads: int | None = None, max_batch_tokens: int | None = None, normalise: bool | None = None,
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -71,11 +79,22 @@ class OnnxTextEncoder:
         wanted = [CUDA, CPU] if provider in ("auto", "cuda") and CUDA in available else [CPU]
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = os.cpu_count() or 1
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.log_severity_level = 3  # errors only; CUDA's "some nodes on CPU" notes are noise
         self.session = ort.InferenceSession(str(self.export_dir / "model.onnx"), options, providers=wanted)
-        if provider == "cuda" and CUDA not in self.session.get_providers():
+        on_cuda = CUDA in self.session.get_providers()
+        if provider == "cuda" and not on_cuda:
             raise EncoderError("provider 'cuda' requested but the CUDA provider failed to load (check CUDA/cuDNN libraries)")
+        if self.manifest.variant == "fp16" and not on_cuda:
+            if provider != "cpu":
+                raise EncoderError(f"{self.export_dir.name} is an fp16 (GPU) model but CUDA is not available here: "
+                                   "use variant fp32 or int8 on CPU (or provider 'cpu' to force it, slowly)")
+            log.warning("running the fp16 model %s on CPU: correct but slower than fp32", self.export_dir.name)
+        #: on CUDA, calls go through IO binding: each input is copied to the device once and
+        #: the output is allocated there by onnxruntime and copied back once
+        self.io_binding: bool = on_cuda
+        self._device = "cuda" if on_cuda else "cpu"
+        self.max_batch_tokens = int(max_batch_tokens or (262_144 if on_cuda else 1024))
         self._inputs = {i.name for i in self.session.get_inputs()}
 
         self.tokenizer = Tokenizer.from_file(str(self.export_dir / self.manifest.tokenizer))
@@ -109,13 +128,27 @@ class OnnxTextEncoder:
             texts = [t.encode("utf-16", "surrogatepass").decode("utf-16", "replace") for t in texts]
             encodings = self.tokenizer.encode_batch(texts)
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            out[rows] = self._run([encodings[i] for i in rows])
+        for rows in self._buckets([len(encodings[i].ids) for i in order]):
+            chosen = [order[i] for i in rows]
+            out[chosen] = self._run([encodings[i] for i in chosen])
         if not self.normalise:
             return out
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-12)  # int8/fp16 graphs drift slightly off norm 1
+
+    def _buckets(self, lengths: list[int]) -> list[range]:
+        """Cut ascending ``lengths`` into runs of at most ``batch_size`` rows whose padded size
+        (rows × the run's longest) stays within ``max_batch_tokens``: a few long texts then
+        never pad a whole batch of short ones, and huge calls do not thrash the caches."""
+        runs, start = [], 0
+        for end in range(1, len(lengths) + 1):
+            too_many = end - start > self.batch_size
+            too_wide = (end - start) * lengths[end - 1] > self.max_batch_tokens and end - 1 > start
+            if too_many or too_wide:
+                runs.append(range(start, end - 1))
+                start = end - 1
+        runs.append(range(start, len(lengths)))
+        return runs
 
     def _run(self, encodings: list) -> np.ndarray:
         width = max(len(e.ids) for e in encodings)
@@ -127,9 +160,22 @@ class OnnxTextEncoder:
             ids[row, :n] = enc.ids
             mask[row, :n] = 1
             types[row, :n] = enc.type_ids
-        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        (vectors,) = self.session.run(["embeddings"], {k: v for k, v in feed.items() if k in self._inputs})
+        feed = {k: v for k, v in {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}.items() if k in self._inputs}
+        if self.io_binding:
+            return self._run_bound(feed)
+        (vectors,) = self.session.run(["embeddings"], feed)
         return vectors.astype(np.float32, copy=False)
+
+    def _run_bound(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """One call through IO binding: each input is copied to the GPU once, the output is
+        allocated on the GPU by onnxruntime and copied back once."""
+        binding = self.session.io_binding()
+        for name, array in feed.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        binding.bind_output("embeddings", self._device)
+        self.session.run_with_iobinding(binding)
+        (vectors,) = binding.copy_outputs_to_cpu()
+        return np.asarray(vectors, np.float32)
 
     def __repr__(self) -> str:
         return f"OnnxTextEncoder({str(self.export_dir)!r}, variant={self.manifest.variant}, dim={self.dim}, providers={self.providers})"

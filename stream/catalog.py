@@ -103,9 +103,16 @@ class Catalogue:
         self._dirty = False
 
     @classmethod
-    def from_items(cls, items: list[ItemMessage], encoder) -> "Catalogue":
-        """Encode ``items`` (one batched call) into a new catalogue."""
-        vectors = item_vectors(encoder, items)
+    def from_items(cls, items: list[ItemMessage], encoder, progress=None) -> "Catalogue":
+        """Encode ``items`` into a new catalogue, in chunks (resumable through a cached
+        encoder; ``progress`` gets an :class:`encoders.catalogue.EncodeProgress` per chunk);
+        a tuned model's residuals are added as in :func:`item_vectors`."""
+        from encoders.catalogue import encode_in_chunks
+
+        vectors = encode_in_chunks(encoder, [item_text(i) for i in items], progress=progress)
+        adapter = getattr(encoder, "adapter", None)
+        if adapter is not None:
+            vectors = adapter.adapt_items([i.item_id for i in items], vectors)
         catalogue = cls(encoder.dim)
         for item, vector in zip(items, vectors):
             catalogue.upsert(item.item_id, vector)

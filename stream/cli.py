@@ -198,6 +198,55 @@ def encoders_tune(obj: _Obj, dataset, events_path, items_path, source, out, epoc
     click.echo(f"tuned model written to {report.out_dir} (best epoch {report.best_epoch}: validation HR@{settings.ranking.k} "
                f"{best['valid_hr']:.4f}, {report.train_examples} training examples, {report.elapsed_s:.0f} s)")
     click.echo(f"use it with: recstream --model {report.out_dir} replay --dataset ml-100k   (or worker, demo)")
+@encoders.command("encode")
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dataset", type=click.Choice(["ml-100k"]), help="Encode a bundled dataset's items.")
+@click.option("--chunk-size", type=click.IntRange(1), default=1024, show_default=True, help="Items per committed chunk.")
+@click.pass_obj
+def encoders_encode(obj: _Obj, file: Path | None, dataset: str | None, chunk_size: int) -> None:
+    """Encode a catalogue (JSONL FILE of item messages, or --dataset) into the embedding cache.
+
+    Shows items/s and an ETA; an interrupted run resumes where it stopped. The worker and
+    the replay tool then find every item's vector in the cache.
+    """
+    from encoders import CachedEncoder, EmbeddingCache, load_encoder
+    from encoders.catalogue import encode_in_chunks, progress_bar
+    from stream.catalog import item_text
+    from stream.sources import item_file, dataset_source
+
+    if (file is None) == (dataset is None):
+        raise click.UsageError("give either FILE or --dataset")
+    settings = obj.settings()
+    items = dataset_source(dataset, settings)[1] if dataset else item_file(file, settings)
+    texts = [item_text(i) for i in items]
+    cache = EmbeddingCache(settings.encoder.cache_dir / "embeddings.lmdb")
+    encoder = CachedEncoder(load_encoder(settings.encoder), cache)
+    started = time.perf_counter()
+    with progress_bar("encoding", len(texts)) as bar:
+        encode_in_chunks(encoder, texts, chunk_size, progress=bar)
+    cache.close()
+    click.echo(f"{len(texts)} items: {encoder.encoded} encoded, {len(texts) - encoder.encoded} from the cache "
+               f"({time.perf_counter() - started:.1f} s)")
+
+
+@encoders.command("bench")
+@click.option("--variants", default="fp32,int8", show_default=True, help="ONNX variants (fp16 needs CUDA).")
+@click.option("--batch-sizes", default="32,256", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--threads", type=click.IntRange(1), help="Threads for torch and onnxruntime (default: all CPUs).")
+@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True, help="Turns per engine; the best counts.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON rows.")
+@click.pass_obj
+def encoders_bench(obj: _Obj, variants: str, batch_sizes: str, threads: int | None, rounds: int, as_json: bool) -> None:
+    """Sentences/s of the torch original vs the ONNX variants, side by side in one run."""
+    from encoders.bench import check_variants, format_table, rows_as_dicts, run_bench
+
+    enc = obj.settings().encoder
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    provider = "cpu" if enc.provider == "auto" and "fp16" not in names else enc.provider
+    check_variants(names, provider)
+    rows = run_bench(enc.model, enc.cache_dir, names, [int(b) for b in batch_sizes.split(",")], max_length=enc.max_length,
+                     threads=threads, provider=provider, rounds=rounds, progress=lambda m: click.echo(m, err=True))
+    click.echo(orjson.dumps(rows_as_dicts(rows)).decode() if as_json else format_table(rows))
 
 
 @cli.group()
@@ -461,13 +510,15 @@ def _run_with_progress(settings: Settings, events, items, protocol: str, quiet: 
     from rich.progress import Progress
 
     from encoders import CachedEncoder, EmbeddingCache, load_encoder
+    from encoders.catalogue import progress_bar
     from stream.catalog import Catalogue
     from stream.replay import run_replay
 
     console = Console(stderr=True, quiet=quiet)
-    with console.status("Loading the encoder and embedding the catalogue…"):
+    with console.status("Loading the encoder…"):
         encoder = CachedEncoder(load_encoder(settings.encoder), EmbeddingCache(settings.encoder.cache_dir / "embeddings.lmdb"))
-        catalogue = Catalogue.from_items(items, encoder)
+    with progress_bar("embedding the catalogue", len(items), console) as bar:
+        catalogue = Catalogue.from_items(items, encoder, progress=bar)
     with Progress(console=console, transient=True, disable=quiet) as bar:
         task = bar.add_task(f"replaying {protocol}", total=len(events))
         return run_replay(settings, events, catalogue, protocol=protocol, encoder=encoder, keep_ranks=keep_ranks,

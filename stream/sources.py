@@ -12,7 +12,7 @@ from stream.catalog import ItemMessage, parse_item
 from stream.config import EVENT_KINDS, Settings
 from stream.events import Event, InvalidEvent, parse_event
 
-__all__ = ["dataset_source", "file_source"]
+__all__ = ["dataset_source", "file_source", "item_file"]
 
 
 def _sorted(events: list[Event]) -> list[Event]:
@@ -62,6 +62,11 @@ def file_source(events_path: Path, items_path: Path, settings: Settings) -> tupl
                                       windows=settings.windows))
         except InvalidEvent as exc:
             raise ValueError(f"{events_path}: event {n}: {exc}") from None
+    return _sorted(events), item_file(items_path, settings)
+
+
+def item_file(items_path: Path, settings: Settings) -> list[ItemMessage]:
+    """Items from a JSONL file of item messages, validated like the stream's."""
     items = []
     for n, line in enumerate(items_path.read_bytes().splitlines(), 1):
         if line.strip():
@@ -69,7 +74,7 @@ def file_source(events_path: Path, items_path: Path, settings: Settings) -> tupl
                 items.append(parse_item(line, settings.limits))
             except ValueError as exc:
                 raise ValueError(f"{items_path}:{n}: {exc}") from None
-    return _sorted(events), _canonical(items)
+    return _canonical(items)
 
 
 def kafka_source(settings: Settings, since_ms: int | None = None, until_ms: int | None = None) -> tuple[list[Event], list[ItemMessage], int]:

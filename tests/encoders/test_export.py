@@ -49,6 +49,8 @@ def test_graph_has_dynamic_axes_and_one_float_output(fp32_dir):
     assert set(inputs) == {"input_ids", "attention_mask", "token_type_ids"}  # BERT takes type ids
     for spec in inputs.values():
         assert all(isinstance(d, str) for d in spec.shape), spec.shape  # symbolic batch, sequence
+    ops = {n.op_type for n in __import__("onnx").load(str(fp32_dir / "model.onnx")).graph.node}
+    assert {"Attention", "SkipLayerNormalization", "BiasGelu"} <= ops  # onnxruntime's fused kernels
     (out,) = session.get_outputs()
     assert out.name == "embeddings" and out.type == "tensor(float)"
     assert isinstance(out.shape[0], str) and out.shape[1] == 384
@@ -62,7 +64,8 @@ def test_manifest_records_the_export(fp32_dir):
     assert manifest["source_sha256"] == source_checksum(default_model_dir())
     assert manifest["tokenizer"] == "tokenizer.json" and (fp32_dir / "tokenizer.json").is_file()
     assert {"torch", "transformers", "onnxruntime"} <= set(manifest["exporter"])
-    assert fp32_dir.name.startswith("all-MiniLM-L6-v2-") and fp32_dir.name.endswith("-fp32")
+    assert fp32_dir.name.startswith("all-MiniLM-L6-v2-") and fp32_dir.name.endswith("-fp32-fused")
+    assert json.loads(manifest["exporter"]["fusions"])["attention"] == 6  # one fused Attention per layer
 
 
 def test_cached_export_loads_without_torch(fp32_dir, cache_dir):
@@ -110,3 +113,17 @@ def test_bad_inputs_are_one_line_errors(tmp_path, cache_dir):
         ensure_exported(tmp_path, cache_dir)
     with pytest.raises(EncoderError, match="unknown variant"):
         export_onnx(default_model_dir(), tmp_path / "out", "bf16")
+
+
+def test_parity_over_the_ml100k_catalogue(cache_dir, fp32_dir, int8_dir):
+    """fp32 and int8 against the torch original on 160 real item texts and 16 long ones."""
+    from encoders.bench import _torch_encoder, bench_texts
+
+    texts = bench_texts(cache_dir, n=160)
+    sample = texts["short"] + texts["long"][:16]
+    torch_encode, _ = _torch_encoder(default_model_dir(), 128, 2)
+    want = np.vstack([torch_encode(sample[i : i + 64]) for i in range(0, len(sample), 64)])
+    fp32 = _cosines(OnnxTextEncoder(fp32_dir, provider="cpu").encode(sample), want)
+    int8 = _cosines(OnnxTextEncoder(int8_dir, provider="cpu").encode(sample), want)
+    assert fp32.min() >= 0.9999
+    assert int8.min() >= 0.99 and int8.mean() >= 0.995, (int8.mean(), int8.min())

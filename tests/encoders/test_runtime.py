@@ -110,3 +110,40 @@ def test_load_encoder_from_settings(cache_dir, fp32_dir, encoder):
     loaded = load_encoder(EncoderSettings(cache_dir=cache_dir, provider="cpu", max_length=64, batch_size=8))
     assert loaded.export_dir == fp32_dir and loaded.model_id == encoder.model_id
     assert loaded.max_length == 64 and loaded.batch_size == 8 and loaded.dim == 384
+
+
+def test_io_binding_path_gives_the_same_vectors(fp32_dir, encoder, varied):
+    """The GPU path's binding code, run on CPU (same calls; only the device name differs)."""
+    bound = OnnxTextEncoder(fp32_dir, provider="cpu", max_length=128, batch_size=8)
+    assert bound.io_binding is HAS_CUDA
+    bound.io_binding = True
+    np.testing.assert_allclose(bound.encode(varied), encoder.encode(varied), atol=1e-6)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="CUDA is available here")
+def test_fp16_needs_cuda_unless_cpu_is_forced(cache_dir, caplog):
+    from encoders import ensure_exported
+
+    fp16_dir = ensure_exported(None, cache_dir, "fp16")
+    with pytest.raises(EncoderError, match="fp16 \\(GPU\\) model but CUDA is not available"):
+        OnnxTextEncoder(fp16_dir, provider="auto")
+    with caplog.at_level("WARNING", logger="encoders.runtime"):
+        forced = OnnxTextEncoder(fp16_dir, provider="cpu")
+    assert "slower than fp32" in caplog.text
+    assert forced.encode(["ok"]).shape == (1, 384)
+
+
+def test_thread_count_reaches_the_session(fp32_dir):
+    session = OnnxTextEncoder(fp32_dir, provider="cpu", threads=1).session
+    assert session.get_session_options().intra_op_num_threads == 1
+
+
+def test_buckets_cap_rows_and_padded_tokens(fp32_dir, varied):
+    enc = OnnxTextEncoder(fp32_dir, provider="cpu", batch_size=4, max_batch_tokens=40)
+    lengths = [2, 3, 3, 5, 9, 10, 10, 10, 40, 100]
+    runs = enc._buckets(lengths)
+    assert [list(r) for r in runs] == [[0, 1, 2, 3], [4, 5, 6, 7], [8], [9]]  # one text over the cap still runs
+    assert [i for r in runs for i in r] == list(range(len(lengths)))
+    assert enc._buckets([7]) == [range(0, 1)]
+    singles = np.vstack([enc.encode([t]) for t in varied])
+    np.testing.assert_allclose(enc.encode(varied), singles, atol=1e-5)
