@@ -252,8 +252,10 @@ class TuneSettings(_Section):
     hidden: int = Field(512, ge=8, le=8192)
     epochs: int = Field(30, ge=1, le=1000)
     max_minutes: float = Field(5.0, gt=0)
-    batch_size: int = Field(256, ge=8, le=65536)
-    lr: float = Field(2e-3, gt=0, le=1.0)
+    #: Examples per step; each step runs the item head over the whole catalogue, so large
+    #: batches (fewer steps) are what makes an epoch cheap.
+    batch_size: int = Field(1024, ge=8, le=65536)
+    lr: float = Field(4e-3, gt=0, le=1.0)
     weight_decay: float = Field(1e-4, ge=0)
     #: Earlier events a training context holds for the decayed horizons (serving uses all).
     context: int = Field(100, ge=1, le=10_000)
