@@ -22,6 +22,7 @@ manifest naming the base export and the adapter's checksum. Needs torch (the ``e
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -275,6 +276,11 @@ def tune(
     model.eval()
     _write_model(torch, model, item_ids, trainable, cfg, Path(base_dir), Path(out_dir))
     report.elapsed_s = time.monotonic() - started
+    (Path(out_dir) / "tuning.json").write_text(json.dumps({  # how it was made, for whoever deploys it
+        "settings": cfg.model_dump(), "epochs": report.epochs, "best_epoch": report.best_epoch,
+        "train_examples": report.train_examples, "items_seen": report.items_seen,
+        "items_held_out": report.items_held_out, "elapsed_s": round(report.elapsed_s, 1),
+    }, indent=2))
     return report
 
 

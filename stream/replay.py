@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 Protocol = Literal["leave-last-out", "prequential"]
 MAX_CHUNK = 2000
 SEGMENTS = ("cold (<=5)", "6-20", "21-100", ">100")
+#: Item segments of a tuned model: targets seen in tuning, or embedded from their text alone.
+TUNED, COLD_ITEM = "seen in tuning", "cold item (text only)"
 
 
 class LeakageError(RuntimeError):
@@ -78,14 +80,16 @@ class _Evaluation:
         self.acc = {role: {m: MetricAccumulator(k, n_items) for m in models} for role in ("test", "valid")}
         self.history_seg: list[str] = []
         self.time_seg: list[str] = []
+        self.item_seg: list[str] = []  # tuned models only: was the target item seen in tuning
         self.scores: dict[str, list[float]] = {"target": [], "kth": []}  # recstream, test role
 
     def result(self) -> tuple[dict, dict, dict]:
         test, valid = self.acc["test"], self.acc["valid"]
         metrics = {m: a.summary() for m, a in test.items()}
         validation = {m: a.summary() for m, a in valid.items()} if any(a.ranks for a in valid.values()) else {}
-        segments: dict[str, dict[str, Any]] = {"history": {}, "time": {}}
-        for kind, labels in (("history", self.history_seg), ("time", self.time_seg)):
+        kinds = [("history", self.history_seg), ("time", self.time_seg)] + ([("item", self.item_seg)] if self.item_seg else [])
+        segments: dict[str, dict[str, Any]] = {kind: {} for kind, _ in kinds}
+        for kind, labels in kinds:
             labels_arr = np.asarray(labels)
             for label in sorted(set(labels), key=lambda s: (SEGMENTS.index(s) if s in SEGMENTS else 0, s)):
                 mask = labels_arr == label
@@ -126,6 +130,7 @@ def run_replay(
         store = LmdbStore(Path(tmp) / "store.lmdb", map_size_mb=settings.store.map_size_mb, durable=False,
                           vector_dtype=settings.store.vector_dtype)
         processor = Processor(settings, store, catalogue, encoder)
+        tuned_items = set(processor.adapter.residual_rows()) if processor.adapter is not None else None
 
         def process(chunk: list[int]) -> None:
             nonlocal skipped, applied_until
@@ -159,6 +164,8 @@ def run_replay(
                         if role == "test":
                             evaluation.history_seg.append(history_segment(prior[user]))
                             evaluation.time_seg.append(datetime.fromtimestamp(e.ts_ms / 1000, timezone.utc).strftime("%Y-%m"))
+                            if tuned_items is not None:
+                                evaluation.item_seg.append(TUNED if e.item_id in tuned_items else COLD_ITEM)
                 if row is not None:
                     for b in baselines:
                         b.update(user, row, e.ts_ms)
