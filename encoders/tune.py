@@ -156,7 +156,12 @@ def _model(torch, text: np.ndarray, trainable_items: np.ndarray, cfg: Any):
             return self.head(text) + self.skip(text)
 
         def items(self):
-            return self.text_vectors(self.text) + self.residuals * self.trainable
+            keep = self.trainable
+            if self.training and cfg.residual_dropout > 0:
+                # drop some items' residuals each step (DropoutNet): the text head must then
+                # stand on its own, which is all an item never seen in tuning has
+                keep = keep * (torch.rand_like(keep) >= cfg.residual_dropout)
+            return self.text_vectors(self.text) + self.residuals * keep
 
         def query(self, items, rows, age_s, kind):
             present = (rows >= 0).to(items.dtype)
@@ -178,10 +183,12 @@ def _model(torch, text: np.ndarray, trainable_items: np.ndarray, cfg: Any):
     return TwoTower()
 
 
-def _logits(torch, model, items, data: TrainingData, sel: np.ndarray):
+def _logits(torch, model, items, data: TrainingData, sel: np.ndarray, unknown=None):
     q = model.query(items, torch.from_numpy(data.ctx_rows[sel]), torch.from_numpy(data.ctx_age_s[sel]),
                     torch.from_numpy(data.ctx_kind[sel]))
     logits = q @ items.T
+    if unknown is not None:  # items absent from tuning are no negatives either (see tune)
+        logits[:, unknown] = float("-inf")
     seen = [data.seen[i] for i in sel]
     rows = np.repeat(np.arange(len(sel)), [len(s) for s in seen])
     if len(rows):
@@ -240,6 +247,10 @@ def tune(
     trainable[np.unique(train.ctx_rows[train.ctx_rows >= 0])] = True
     report = TuneReport(Path(out_dir), train_examples=len(train), items_seen=int(trainable.sum()), items_held_out=held_out)
 
+    # An item that never occurs in the tuning data would only ever be a negative: the shared
+    # text head would learn to push exactly those texts down, and a new item would start
+    # buried. Leave them out of the softmax, as if the catalogue did not have them yet.
+    unknown = torch.from_numpy(np.flatnonzero(~trainable)) if not trainable.all() else None
     model = _model(torch, np.asarray(text_vectors, np.float32), trainable, cfg)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best_state, best_hr = None, -1.0
@@ -250,7 +261,7 @@ def tune(
         total = 0.0
         for start in range(0, len(order), cfg.batch_size):
             sel = order[start : start + cfg.batch_size]
-            logits, target = _logits(torch, model, model.items(), train, sel)
+            logits, target = _logits(torch, model, model.items(), train, sel, unknown)
             loss = torch.nn.functional.cross_entropy(logits, target)
             optimiser.zero_grad()
             loss.backward()
@@ -259,7 +270,7 @@ def tune(
             if time.monotonic() > deadline:
                 break
         model.eval()
-        scores = _evaluate(torch, model, valid, k)
+        scores = _evaluate(torch, model, valid, k)  # every catalogue item competes, as when serving
         row = {"epoch": epoch, "loss": total / len(order), "valid_hr": scores["hr"], "valid_ndcg": scores["ndcg"],
                "elapsed_s": time.monotonic() - started}
         report.epochs.append(row)
@@ -280,6 +291,7 @@ def tune(
         "settings": cfg.model_dump(), "epochs": report.epochs, "best_epoch": report.best_epoch,
         "train_examples": report.train_examples, "items_seen": report.items_seen,
         "items_held_out": report.items_held_out, "elapsed_s": round(report.elapsed_s, 1),
+        "newest_event_ms": max(e.ts_ms for e in events),  # evaluations after this are out of sample
     }, indent=2))
     return report
 

@@ -157,9 +157,11 @@ def encoders_export(obj: _Obj, variant: str | None, out: Path | None) -> None:
 @click.option("--max-minutes", type=float, help="Time budget (default: tune.max_minutes).")
 @click.option("--holdout-items", type=float, help="Fraction of items kept out of tuning (cold-start checks).")
 @click.option("--seed", type=int, help="Random seed (default: tune.seed).")
+@click.option("--until", help="Tune only on events before this time (epoch ms or RFC 3339): a global time split.")
 @click.option("--json", "as_json", is_flag=True, help="Print the tuning report as one JSON object.")
 @click.pass_obj
-def encoders_tune(obj: _Obj, dataset, events_path, items_path, source, out, epochs, max_minutes, holdout_items, seed, as_json) -> None:
+def encoders_tune(obj: _Obj, dataset, events_path, items_path, source, out, epochs, max_minutes, holdout_items, seed,
+                  until, as_json) -> None:
     """Adapt the encoder to behaviour: learn an item head, residuals, horizons and a query MLP."""
     from rich.console import Console
 
@@ -174,6 +176,13 @@ def encoders_tune(obj: _Obj, dataset, events_path, items_path, source, out, epoc
         raise click.UsageError("--events needs --items (the catalogue)")
     settings = obj.settings(tune={"epochs": epochs, "max_minutes": max_minutes, "holdout_items": holdout_items, "seed": seed})
     events, items = dataset_source(dataset, settings, source) if dataset else file_source(events_path, items_path, settings)
+    if until is not None:
+        from stream.events import parse_ts_ms
+
+        until_ms = parse_ts_ms(_ts_arg(until))
+        events = [e for e in events if e.ts_ms < until_ms]  # nothing at or after the split reaches tuning
+        if not events:
+            raise click.UsageError(f"no events before --until {until}")
     console = Console(stderr=True, quiet=as_json)
     base = load_encoder(settings.encoder)
     if base.adapter is not None:

@@ -263,6 +263,9 @@ class TuneSettings(_Section):
     positions: int = Field(50, ge=0, le=1000)
     #: Starting half-lives of the learned horizons, in seconds.
     half_lives_s: dict[str, float] = {"session": 600.0, "short": 86_400.0, "long": 30 * 86_400.0}
+    #: Share of items whose residual is dropped at each step, so the text head alone must
+    #: rank well: what items never seen in tuning (new ones) rely on.
+    residual_dropout: float = Field(0.2, ge=0, lt=1)
     #: Fraction of items kept out of tuning entirely (to measure item cold start).
     holdout_items: float = Field(0.0, ge=0, lt=1)
     seed: int = 0

@@ -43,3 +43,15 @@ def test_help_lists_every_command():
     assert out.returncode == 0
     for command in ("broker", "worker", "catalog", "publish", "tail", "profile", "demo", "replay", "topics", "encoders", "store"):
         assert command in out.stdout
+
+
+def test_tune_with_a_split_before_all_events_is_one_clear_line(tmp_path):
+    from click.testing import CliRunner
+
+    from stream.cli import cli
+
+    result = CliRunner().invoke(cli, ["encoders", "tune", "--dataset", "ml-100k", "--until", "1990-01-01T00:00:00Z",
+                                      "--out", str(tmp_path / "m")])
+    assert result.exit_code != 0
+    assert "no events before --until" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "m").exists()
