@@ -12,11 +12,14 @@ import shutil
 import signal
 import threading
 import time
+import urllib.request
 import uuid
 
+import orjson
 import pytest
 
 from store import ProfileRecord
+from stream.broker import free_port
 from stream.kafka_io import publish_events
 from worker_harness import (assert_equal_profiles, changelog_latest, logged, ml100k_events, profiles, reference,
                             restored_sources, start_worker, stop, total, wait_for)
@@ -139,6 +142,56 @@ def test_partitions_move_to_a_second_worker_and_back_with_their_profiles(
         wait_for(lambda: total(store_b) >= len(ml_events), "last third on b alone", [log_b], 120, [b])
         time.sleep(3)
         assert_equal_profiles(profiles(store_b), reference(settings, store_b, ml_events, tmp_path / "ref-3"))
+    finally:
+        stop(a)
+        if b is not None:
+            stop(b)
+
+
+def pending(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+        return orjson.loads(response.read())["pending_events"]
+
+
+def test_pending_windows_at_handover_are_flushed_before_the_partitions_move(
+    settings, topics_with_items, ml_events, tmp_path
+):
+    """Worker a holds every event in open windows (windows of a century, idle flush after
+    60 s) when b joins and takes some of its partitions. a must apply and ack them before
+    the revocation completes: flushed later, they would reach the changelog after b's newer
+    records of the same users (b restores and applies them too), and the flush would stall
+    the rebalance for the idle timeout. Either way b's profiles or the changelog would differ
+    from an uninterrupted run."""
+    producer = topics_with_items
+    group = f"test-{uuid.uuid4().hex[:8]}"
+    store_a, store_b = tmp_path / "a.lmdb", tmp_path / "b.lmdb"
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    half = len(ml_events) // 2
+    port = free_port()
+    slow = {"RECSTREAM_WINDOWS__SIZE_S": str(100 * 365 * 86400), "RECSTREAM_WINDOWS__MAX_EVENTS": "100000",
+            "RECSTREAM_WINDOWS__MAX_PENDING": "100000", "RECSTREAM_WINDOWS__IDLE_FLUSH_S": "60"}
+    a = start_worker(settings, store_a, log_a, group, web_port=port, **slow)
+    b = None
+    try:
+        wait_for(lambda: logged(log_a, "catalogue ready"), "worker a", [log_a], 240, [a])
+        publish_events(producer, settings.topics, ml_events[:half])
+        wait_for(lambda: pending(port) == half, "a holding the first half in open windows", [log_a], 60, [a])
+        assert total(store_a) == 0
+
+        b = start_worker(settings, store_b, log_b, group)
+        wait_for(lambda: logged(log_b, "restored "), "b assigned and restored", [log_a, log_b], 45, [a, b])
+        assert total(store_a) == half, "a applied its pending events before handing over"
+        moved = restored_sources(log_b, settings)
+        assert moved and {u for u, p in profiles(store_b).items() if p.applied.keys() & moved}
+
+        publish_events(producer, settings.topics, ml_events[half:])
+        stop(a)  # graceful: a flushes what it holds; its partitions move to b
+        wait_for(lambda: total(store_b) >= len(ml_events), "every event on b", [log_b], 120, [b])
+        time.sleep(3)
+        want = reference(settings, store_b, ml_events, tmp_path / "ref")
+        assert_equal_profiles(profiles(store_b), want)
+        stop(b)
+        assert_equal_profiles(changelog_latest(settings), want)
     finally:
         stop(a)
         if b is not None:
