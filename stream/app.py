@@ -176,9 +176,11 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         if pending and ctx.processor is not None:
             try:
                 await flush(ctx.buffer.drain())
-                log.info("rebalance: flushed %d pending events before the revocation", pending)
-            except Exception:  # un-acked records are redelivered to the next owner
-                log.exception("rebalance: flushing open windows failed")
+            except Exception as exc:  # as a crash: un-acked records go to the next owner
+                log.exception("rebalance: flushing open windows failed; stopping the worker")
+                await app.crash(exc)  # Faust would otherwise wait for their acks forever
+                return
+            log.info("rebalance: flushed %d pending events before the revocation", pending)
 
     app.recstream_before_revoke = before_revoke  # called by stream.transport before Faust revokes
 
