@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # pulling multi-GB CUDA wheels for the exporter.
 TORCH  ?= torch==2.13.0
 
-.PHONY: run test install bench clean tools
+.PHONY: run test chaos install bench clean tools
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ run: $(STAMP)
 
 test: $(STAMP) tools
 	$(PY) -m pytest
+
+# The long fault-injection runs (tests marked chaos; `make test` runs their short versions).
+chaos: $(STAMP)
+	$(PY) -m pytest -m chaos -s -q
 
 # Debian's docker-compose validates docker-compose.yml without a Docker engine
 # (tests/test_deploy.py); installed when missing and running as root, else that test skips.

@@ -68,6 +68,7 @@ class WorkerContext:
         self.processor: Processor | None = None
         self.stream: Any = None
         self.stopping = False  # set on shutdown: the agent then closes every window at once
+        self.revoking = False  # set from a revocation until the next assignment: likewise
         self.metrics = WorkerMetrics(self.stats, self.gauges)
         self.close_all_windows: Any = None  # set by create_app; awaited by stream.worker.Worker
         self.changelog: Any = None
@@ -161,7 +162,27 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
 
     @app.on_partitions_assigned.connect
     async def on_partitions_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        ctx.revoking = False
         changelog.on_assigned(assigned)  # restores start now; the agent waits for them
+
+    async def before_revoke(revoked: Any) -> None:
+        """Apply and ack every open window before a revocation (see stream.transport).
+
+        Until the next assignment each batch flushes whole, so no record is left pending
+        behind an acked one while Faust commits the revoked partitions.
+        """
+        ctx.revoking = True
+        pending = ctx.buffer.pending
+        if pending and ctx.processor is not None:
+            try:
+                await flush(ctx.buffer.drain())
+            except Exception as exc:  # as a crash: un-acked records go to the next owner
+                log.exception("rebalance: flushing open windows failed; stopping the worker")
+                await app.crash(exc)  # Faust would otherwise wait for their acks forever
+                return
+            log.info("rebalance: flushed %d pending events before the revocation", pending)
+
+    app.recstream_before_revoke = before_revoke  # called by stream.transport before Faust revokes
 
     async def send_dead_letter(raw_value: bytes | None, topic: str, partition: int, offset: int, reason: str) -> None:
         ctx.stats[f"dlq.{reason_category(reason)}"] += 1
@@ -288,7 +309,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
                 if pseudonyms.enabled:
                     event = dataclasses.replace(event, user_id=pseudonyms.store_id(event.user_id))
                 ctx.buffer.add(event, fevent)
-            await flush(ctx.buffer.drain() if ctx.stopping else ctx.buffer.pop_ready())
+            await flush(ctx.buffer.drain() if ctx.stopping or ctx.revoking else ctx.buffer.pop_ready())
 
     @app.timer(interval=max(0.05, s.windows.idle_flush_s / 4))
     async def idle_flush() -> None:

@@ -1,8 +1,9 @@
 """The worker's HTTP surface on Faust's own web server: health, metrics, profiles, top-K.
 
 =============================  ===============================================================
-``GET /healthz``               JSON; 200 when the broker is reachable and the catalogue is
-                               loaded, 503 otherwise (readiness: route traffic here or not)
+``GET /healthz``               JSON; 200 when a broker answers a Kafka request and the
+                               catalogue is loaded, 503 otherwise (readiness: route traffic
+                               here or not; a frozen or hung broker counts as unreachable)
 ``GET /metrics``               Prometheus text format (:mod:`stream.telemetry`)
 ``GET /users/{id}/profile``    the profile summary ``recstream profile`` prints; 404 if unknown
 ``GET /users/{id}/recommendations``  top-K now, by :meth:`Processor.recommend`; 404 if unknown
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +37,7 @@ from faust.web import Request, Response, View
 from yarl import URL
 
 from stream.inspect import summarise_profile
+from stream.security import ssl_context
 from stream.telemetry import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -48,14 +51,17 @@ ROUTED_HEADER = "X-Recstream-Routed"
 
 
 class BrokerProbe:
-    """Is any bootstrap broker accepting TCP connections? Cached for ``ttl_s``.
+    """Does any bootstrap broker answer a Kafka request? Cached for ``ttl_s``.
 
-    A connect, not a Kafka request: cheap enough for every probe, and what an orchestrator
-    needs to know (the Kafka clients reconnect by themselves once the broker is back).
+    One ApiVersions request on a fresh connection, not just a TCP connect: a frozen broker
+    (stopped process, hung host) still completes TCP handshakes from its listen backlog but
+    answers nothing. Cheap enough for every probe; the Kafka clients reconnect by themselves
+    once the broker is back.
     """
 
-    def __init__(self, bootstrap: str, timeout_s: float = 2.0, ttl_s: float = 2.0) -> None:
+    def __init__(self, bootstrap: str, timeout_s: float = 2.0, ttl_s: float = 2.0, ssl: Any = None) -> None:
         self.servers = [s.rsplit(":", 1) for s in bootstrap.split(",") if s]
+        self.ssl = ssl  #: an SSLContext for SSL and SASL_SSL listeners (stream.security.ssl_context)
         self.timeout_s = timeout_s
         self.ttl_s = ttl_s
         self._checked = float("-inf")
@@ -67,17 +73,38 @@ class BrokerProbe:
         error = "no bootstrap servers"
         for host, port in self.servers:
             try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), self.timeout_s)
-            except (OSError, asyncio.TimeoutError) as exc:
-                error = f"{host}:{port}: {exc or type(exc).__name__}"
+                await asyncio.wait_for(_api_versions(host, int(port), self.ssl), self.timeout_s)
+            except asyncio.TimeoutError:
+                error = f"{host}:{port}: no answer to ApiVersions within {self.timeout_s:g} s"
                 continue
-            writer.close()
+            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                error = f"{host}:{port}: {str(exc) or type(exc).__name__}"
+                continue
             self._result = (True, None)
             break
         else:
             self._result = (False, error)
         self._checked = time.monotonic()
         return self._result
+
+
+#: ApiVersions v0 (api key 18), correlation id 0x72730001, client id "recstream-probe".
+_CLIENT_ID = b"recstream-probe"
+_API_VERSIONS = struct.pack(">hhih", 18, 0, 0x72730001, len(_CLIENT_ID)) + _CLIENT_ID
+
+
+async def _api_versions(host: str, port: int, ssl: Any = None) -> None:
+    """Send one ApiVersions request and check the answer's correlation id (Kafka answers
+    ApiVersions before SASL authentication)."""
+    reader, writer = await asyncio.open_connection(host, port, ssl=ssl)
+    try:
+        writer.write(struct.pack(">i", len(_API_VERSIONS)) + _API_VERSIONS)
+        await writer.drain()
+        size, correlation = struct.unpack(">ii", await reader.readexactly(8))
+        if correlation != 0x72730001 or size < 4:
+            raise ValueError("not a Kafka answer")
+    finally:
+        writer.close()
 
 
 async def health(app: faust.App, ctx: WorkerContext, probe: BrokerProbe) -> tuple[int, dict[str, Any]]:
@@ -179,7 +206,7 @@ def _same_node(a: URL, b: URL) -> bool:
 
 def register_views(app: faust.App, ctx: WorkerContext) -> None:
     """Add the views to ``app``'s web server and give the metrics their lag source."""
-    probe = BrokerProbe(ctx.settings.broker.bootstrap)
+    probe = BrokerProbe(ctx.settings.broker.bootstrap, ssl=ssl_context(ctx.settings.broker))
     route_topic = next(iter(ctx.settings.topics.inputs.values()))  # inputs are co-partitioned
     ctx.metrics.lag = lambda: consumer_lag(app, ctx)
 

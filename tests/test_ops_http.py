@@ -187,3 +187,24 @@ def test_http_api_metrics_health_and_graceful_shutdown(own_broker, ml100k_dir, t
     finally:
         producer.close()
         stop(proc)
+
+
+def test_broker_probe_needs_a_kafka_answer_not_just_a_tcp_connect():
+    """A frozen (SIGSTOPped) broker still completes TCP handshakes from its listen backlog;
+    the probe must report it unreachable all the same, and reachable again after SIGCONT."""
+    import asyncio
+
+    from stream.web import BrokerProbe
+
+    with EmbeddedBroker(port=free_port()) as broker:
+        probe = BrokerProbe(broker.bootstrap, timeout_s=1.0, ttl_s=0)
+        assert asyncio.run(probe.check()) == (True, None)
+        broker.freeze()
+        try:
+            reachable, error = asyncio.run(probe.check())
+        finally:
+            broker.thaw()
+        assert not reachable and "no answer" in error
+        assert asyncio.run(probe.check()) == (True, None)
+    reachable, error = asyncio.run(probe.check())
+    assert not reachable and str(broker.port) in error

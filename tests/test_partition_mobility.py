@@ -1,8 +1,8 @@
 """Profiles survive SIGKILL and follow their partitions, against the real embedded broker.
 
 Both tests publish MovieLens-100K ratings (in event-time order) and compare the workers'
-final profiles with an uninterrupted run of the same events through :class:`Processor`
-(the worker's scoring path) on a scratch store: vectors within 1e-5, event counts exact.
+final profiles with an uninterrupted run of the same events (tests/worker_harness.py).
+Repeated kills during a long stream: tests/test_chaos.py.
 """
 
 from __future__ import annotations
@@ -10,146 +10,29 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
+import urllib.request
 import uuid
-from pathlib import Path
 
-import numpy as np
 import orjson
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
-from store import LmdbStore, ProfileRecord, StoreError, decode_changelog
-from stream import movielens
-from stream.catalog import Catalogue
-from stream.config import EVENT_KINDS
-from stream.events import Event
-from stream.kafka_io import ensure_topics, make_producer, publish_events, publish_items
-from stream.processor import Processor
-from stream.windows import UserWindow
+from store import ProfileRecord
+from stream.broker import free_port
+from stream.kafka_io import publish_events
+from worker_harness import (assert_equal_profiles, changelog_latest, logged, ml100k_events, profiles, reference,
+                            restored_sources, start_worker, stop, total, wait_for)
+from worker_harness import topics_with_items  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EVENTS = 2000
-#: Tansu hands a dead member's partitions over only after its session timeout.
-SESSION_TIMEOUT_S = "4"
-
-
-def start_worker(settings, store_path: Path, log_path: Path, group: str, standby: bool = False) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "stream.cli", "--broker", settings.broker.url, "--store", str(store_path),
-           "--topic-prefix", settings.topics.prefix, "worker", "--web-port", "0"]
-    env = {**os.environ, "RECSTREAM_APP_ID": group, "RECSTREAM_BROKER__SESSION_TIMEOUT_S": SESSION_TIMEOUT_S,
-           "RECSTREAM_STORE__STANDBY": str(standby).lower()}
-    return subprocess.Popen(cmd, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env)
-
-
-def wait_for(predicate, what: str, logs: list[Path], timeout_s: float = 120, procs=()) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for proc, log in zip(procs, logs):
-            assert proc.poll() is None, f"worker died:\n{log.read_text()[-3000:]}"
-        if predicate():
-            return
-        time.sleep(0.25)
-    tails = "\n".join(f"--- {p}\n{p.read_text()[-2500:]}" for p in logs)
-    raise AssertionError(f"timed out waiting for {what}\n{tails}")
-
-
-def logged(path: Path, needle: str, count: int = 1) -> bool:
-    return path.exists() and path.read_text("utf-8", "replace").count(needle) >= count
-
-
-def profiles(path: Path) -> dict[str, ProfileRecord]:
-    """The profiles in a worker's store, read while it runs (MVCC: never blocks the writer)."""
-    try:
-        store = LmdbStore(path, readonly=True)
-    except StoreError:
-        return {}
-    try:
-        with store.read() as r:
-            return {p.user_id: p for p in r.iter_profiles()}
-    finally:
-        store.close()
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def reference(settings, worker_store: Path, events: list[dict], tmp_path: Path) -> dict[str, ProfileRecord]:
-    """An uninterrupted run: every event applied once, through the worker's Processor."""
-    with LmdbStore(worker_store, readonly=True) as st, st.read() as r:
-        items = list(r.iter_items())
-    catalogue = Catalogue(len(items[0].vector))
-    for item in items:
-        catalogue.upsert(item.item_id, item.vector)
-    windows: dict[str, UserWindow] = {}
-    for n, e in enumerate(events):
-        event = Event(e["user_id"], e["item_id"], e["ts"], EVENT_KINDS.index(e["kind"]), "ref:0", n)
-        windows.setdefault(e["user_id"], UserWindow(e["user_id"])).events.append(event)
-    with LmdbStore(tmp_path / f"reference-{uuid.uuid4().hex[:6]}.lmdb", durable=False) as scratch:
-        Processor(settings, scratch, catalogue).flush(list(windows.values()), now_ms=0, recommend=False)
-        with scratch.read() as r:
-            return {p.user_id: p for p in r.iter_profiles()}
-
-
-def assert_equal_profiles(got: dict[str, ProfileRecord], want: dict[str, ProfileRecord]) -> None:
-    assert sorted(got) == sorted(want)
-    worst = 0.0
-    for user, ref in want.items():
-        p = got[user]
-        assert (p.event_count, p.kind_counts) == (ref.event_count, ref.kind_counts), user
-        worst = max(worst, float(np.abs(p.vectors - ref.vectors).max()), float(np.abs(p.weights - ref.weights).max()))
-        assert p.last_ts_ms == ref.last_ts_ms, user
-    assert worst <= 1e-5, worst
-
-
-def changelog_latest(settings) -> dict[str, ProfileRecord]:
-    topic = settings.topics.changelog
-    consumer = KafkaConsumer(bootstrap_servers=settings.broker.bootstrap, group_id=None, enable_auto_commit=False,
-                             consumer_timeout_ms=1500)
-    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    latest = {m.key.decode(): decode_changelog(m.value)[0] for m in consumer}
-    consumer.close()
-    return latest
 
 
 @pytest.fixture
 def ml_events(ml100k_dir):
-    ratings = sorted(movielens.load_ratings(ml100k_dir), key=lambda r: (r.ts_s, r.user_id, r.item_id))
-    # every 50th rating: many users on every partition, still in event-time order
-    return [movielens.rating_event(r) for r in ratings[:: len(ratings) // EVENTS][:EVENTS]]
-
-
-@pytest.fixture
-def topics_with_items(settings, ml100k_dir):
-    ensure_topics(settings)
-    producer = make_producer(settings)
-    publish_items(producer, settings.topics, [movielens.item_message(i) for i in movielens.load_items(ml100k_dir)])
-    yield producer
-    producer.close()
-
-
-def restored_sources(log: Path, settings) -> set[str]:
-    """The input sources ("topic:partition") of the partitions named in the log's first restore."""
-    line = next(line for line in log.read_text().splitlines() if "restored " in line)
-    partitions = orjson.loads(line.split("partitions ", 1)[1].split("]", 1)[0] + "]")
-    return {f"{t}:{p}" for p in partitions for t in settings.topics.inputs.values()}
-
-
-def total(store: Path) -> int:
-    return sum(p.event_count for p in profiles(store).values())
+    return ml100k_events(ml100k_dir, EVENTS)  # every 50th rating
 
 
 @pytest.mark.parametrize("disk", ["kept", "lost"])
@@ -259,6 +142,56 @@ def test_partitions_move_to_a_second_worker_and_back_with_their_profiles(
         wait_for(lambda: total(store_b) >= len(ml_events), "last third on b alone", [log_b], 120, [b])
         time.sleep(3)
         assert_equal_profiles(profiles(store_b), reference(settings, store_b, ml_events, tmp_path / "ref-3"))
+    finally:
+        stop(a)
+        if b is not None:
+            stop(b)
+
+
+def pending(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+        return orjson.loads(response.read())["pending_events"]
+
+
+def test_pending_windows_at_handover_are_flushed_before_the_partitions_move(
+    settings, topics_with_items, ml_events, tmp_path
+):
+    """Worker a holds every event in open windows (windows of a century, idle flush after
+    60 s) when b joins and takes some of its partitions. a must apply and ack them before
+    the revocation completes: flushed later, they would reach the changelog after b's newer
+    records of the same users (b restores and applies them too), and the flush would stall
+    the rebalance for the idle timeout. Either way b's profiles or the changelog would differ
+    from an uninterrupted run."""
+    producer = topics_with_items
+    group = f"test-{uuid.uuid4().hex[:8]}"
+    store_a, store_b = tmp_path / "a.lmdb", tmp_path / "b.lmdb"
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    half = len(ml_events) // 2
+    port = free_port()
+    slow = {"RECSTREAM_WINDOWS__SIZE_S": str(100 * 365 * 86400), "RECSTREAM_WINDOWS__MAX_EVENTS": "100000",
+            "RECSTREAM_WINDOWS__MAX_PENDING": "100000", "RECSTREAM_WINDOWS__IDLE_FLUSH_S": "60"}
+    a = start_worker(settings, store_a, log_a, group, web_port=port, **slow)
+    b = None
+    try:
+        wait_for(lambda: logged(log_a, "catalogue ready"), "worker a", [log_a], 240, [a])
+        publish_events(producer, settings.topics, ml_events[:half])
+        wait_for(lambda: pending(port) == half, "a holding the first half in open windows", [log_a], 60, [a])
+        assert total(store_a) == 0
+
+        b = start_worker(settings, store_b, log_b, group)
+        wait_for(lambda: logged(log_b, "restored "), "b assigned and restored", [log_a, log_b], 45, [a, b])
+        assert total(store_a) == half, "a applied its pending events before handing over"
+        moved = restored_sources(log_b, settings)
+        assert moved and {u for u, p in profiles(store_b).items() if p.applied.keys() & moved}
+
+        publish_events(producer, settings.topics, ml_events[half:])
+        stop(a)  # graceful: a flushes what it holds; its partitions move to b
+        wait_for(lambda: total(store_b) >= len(ml_events), "every event on b", [log_b], 120, [b])
+        time.sleep(3)
+        want = reference(settings, store_b, ml_events, tmp_path / "ref")
+        assert_equal_profiles(profiles(store_b), want)
+        stop(b)
+        assert_equal_profiles(changelog_latest(settings), want)
     finally:
         stop(a)
         if b is not None:
