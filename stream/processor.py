@@ -29,7 +29,7 @@ from stream.catalog import Catalogue
 from stream.config import EVENT_KINDS, Settings
 from stream.events import Event
 from stream.profile import apply_events, decay
-from stream.ranking import blend_queries, explain, score, top_k
+from stream.ranking import blend_queries, explain, iter_blocks, score, top_k
 from stream.windows import UserWindow
 
 __all__ = ["FlushResult", "Processor", "TextEncoder"]
@@ -241,6 +241,13 @@ class Processor:
         """:meth:`score` with the exclusions already as catalogue row indices."""
         return score(self.queries(profiles), self.catalogue.matrix, exclude)
 
+    def top_rows(self, profiles: list[ProfileRecord], seen: dict[str, set[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(U, k) best catalogue rows and scores: :meth:`score_rows` in blocks of users, so
+        a flush holds at most ``ranking.BLOCK_USERS`` × N scores whatever its size."""
+        exclude = [self.catalogue.indices(seen.get(p.user_id, set())) for p in profiles]
+        parts = [top_k(self.score_rows(profiles[b], exclude[b]), k) for b in iter_blocks(len(profiles))]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
     def queries(self, profiles: list[ProfileRecord]) -> np.ndarray:
         """(U, D) query vectors: the blend of unit horizons, or a tuned model's query MLP."""
         vectors = np.stack([p.vectors for p in profiles])
@@ -257,12 +264,12 @@ class Processor:
         return self.adapter.query(vectors, recent_vectors, mask)
 
     def recommend(self, profiles: list[ProfileRecord], seen: dict[str, set[str]]) -> list[dict[str, Any]]:
-        """Top-K with ``because`` items for each profile; one matrix product for all."""
+        """Top-K with ``because`` items for each profile; one matrix product per block of users."""
         if not profiles or len(self.catalogue) == 0:
             return []
         catalogue = self.catalogue
         matrix = catalogue.matrix
-        best, scores = top_k(self.score(profiles, seen), self.settings.ranking.k)
+        best, scores = self.top_rows(profiles, seen, self.settings.ranking.k)
         out = []
         for p, rows, row_scores in zip(profiles, best, scores):
             keep = rows >= 0
