@@ -5,7 +5,8 @@ Same app settings as :func:`stream.app.create_app` where they touch consumption:
 (raw bytes), ``noack_take`` batches of ``windows.max_pending`` within ``batch_timeout_s``,
 an ack per record. Run as ``python -m bench.floor OUT_JSON EVENTS`` with the worker's
 ``RECSTREAM_*`` settings in the environment; it writes ``{"first", "last", "count"}`` (wall
-clock seconds of the first and the ``EVENTS``-th decoded event) to ``OUT_JSON`` and keeps
+clock seconds of the first and the ``EVENTS``-th decoded event, and the process's CPU
+seconds in between) to ``OUT_JSON`` and keeps
 running until stopped.
 """
 
@@ -40,20 +41,21 @@ def create_floor_app(out: Path, events: int) -> faust.App:
     app.recstream_fetch_max_wait_ms = s.broker.fetch_max_wait_ms
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     inputs = app.topic(*s.topics.inputs.values(), **raw)
-    state = {"count": 0, "first": 0.0}
+    state = {"count": 0, "first": 0.0, "cpu": 0.0}
 
     @app.agent(inputs)
     async def decode(stream: faust.StreamT) -> None:
         async for batch in stream.noack_take(s.windows.max_pending, within=s.windows.batch_timeout_s):
             if not state["first"]:
-                state["first"] = time.time()
+                state["first"], state["cpu"] = time.time(), time.process_time()
             for fevent in batch:
                 orjson.loads(fevent.value)
                 await stream.ack(fevent)
             before = state["count"]
             state["count"] += len(batch)
             if before < events <= state["count"]:
-                out.write_bytes(orjson.dumps({"first": state["first"], "last": time.time(), "count": state["count"]}))
+                out.write_bytes(orjson.dumps({"first": state["first"], "last": time.time(), "count": state["count"],
+                                              "cpu_s": time.process_time() - state["cpu"]}))
 
     return app
 

@@ -71,6 +71,7 @@ class WorkerContext:
         self.metrics = WorkerMetrics(self.stats, self.gauges)
         self.close_all_windows: Any = None  # set by create_app; awaited by stream.worker.Worker
         self.changelog: Any = None
+        self.inflight: asyncio.Future[None] | None = None  # the flush the agent runs ahead of
 
     def open(self) -> None:
         """Open the store, load the encoder (exporting it once) and the stored catalogue."""
@@ -260,6 +261,8 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         log.info("forget request at %s:%d done: %s; tombstones to %s", m.topic, m.partition,
                  "profile erased" if erased else "nothing was stored", ", ".join(topics) or "no topic")
 
+    control_topic = s.topics.control  # a computed property: read once, not per record
+
     @app.agent(inputs)
     async def events(stream: faust.StreamT) -> None:
         ctx.stream = stream
@@ -270,7 +273,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             received = now_ms()
             for fevent in batch:
                 m = fevent.message
-                if m.topic == s.topics.control:
+                if m.topic == control_topic:
                     await control(fevent)
                     await stream.ack(fevent)
                     continue
@@ -288,7 +291,20 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
                 if pseudonyms.enabled:
                     event = dataclasses.replace(event, user_id=pseudonyms.store_id(event.user_id))
                 ctx.buffer.add(event, fevent)
-            await flush(ctx.buffer.drain() if ctx.stopping else ctx.buffer.pop_ready())
+            await flush_behind(ctx.buffer.drain() if ctx.stopping else ctx.buffer.pop_ready())
+
+    async def flush_behind(windows: list[UserWindow[Any]]) -> None:
+        """Wait for the previous flush, then start this one and return: the agent takes and
+        parses the next batch while a flush runs (at most one in flight, so the buffer stays
+        bounded). Flushes still run one at a time in order (``flush_lock``); a failed flush
+        raises here, at the next batch, as it would have inline."""
+        previous, ctx.inflight = ctx.inflight, None
+        if previous is not None:
+            await previous
+        if windows and not ctx.stopping:
+            ctx.inflight = asyncio.ensure_future(flush(windows))
+        else:
+            await flush(windows)
 
     @app.timer(interval=max(0.05, s.windows.idle_flush_s / 4))
     async def idle_flush() -> None:
@@ -299,6 +315,8 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
     async def close_all_windows() -> None:
         """Graceful shutdown: flush every open window now; later batches flush at once too."""
         ctx.stopping = True
+        if ctx.inflight is not None:
+            await ctx.inflight
         await flush(ctx.buffer.drain())
 
     ctx.close_all_windows = close_all_windows
