@@ -116,6 +116,11 @@ class WorkerProcess:
                 self.proc.wait()
 
 
+def _raw(profile: Path) -> Path:
+    """Where py-spy's collapsed stacks go, beside the summary."""
+    return profile.with_name(profile.name + ".raw")
+
+
 def _settings(url: str, prefix: str) -> Settings:
     return load_settings(None, broker={"url": url}, topics={"prefix": prefix})
 
@@ -175,7 +180,7 @@ def _throughput(settings: Settings, workdir: Path, events: int, timeout_s: float
         worker.wait_ready()
         if profile is not None:
             spy = subprocess.Popen(["py-spy", "record", "--pid", str(worker.proc.pid), "--rate", "50", "--format", "raw",
-                                    "--output", str(profile.with_suffix(".txt")), "--nonblocking"],
+                                    "--output", str(_raw(profile)), "--nonblocking"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         start = end = None
         previous = time.time()
@@ -290,5 +295,5 @@ def run(events: int = 200_000, users: int = 10_000, load: float = 0.5, latency_s
     if profile is not None:
         from bench.profile import summarise
 
-        result["profile"] = summarise(profile.with_suffix(".txt"), profile)
+        result["profile"] = summarise(_raw(profile), profile)
     return result

@@ -29,7 +29,7 @@ from stream.catalog import Catalogue
 from stream.config import EVENT_KINDS, Settings
 from stream.events import Event
 from stream.profile import apply_events, decay
-from stream.ranking import blend_queries, explain, iter_blocks, score, top_k
+from stream.ranking import blend_queries, explain_rows, iter_blocks, score, top_k
 from stream.windows import UserWindow
 
 __all__ = ["FlushResult", "Processor", "TextEncoder"]
@@ -270,26 +270,26 @@ class Processor:
         catalogue = self.catalogue
         matrix = catalogue.matrix
         best, scores = self.top_rows(profiles, seen, self.settings.ranking.k)
+        ids = catalogue.ids
         out = []
-        for p, rows, row_scores in zip(profiles, best, scores):
-            keep = rows >= 0
-            rows, row_scores = rows[keep], row_scores[keep]
-            history_ids = list(dict.fromkeys(h.item_id for h in reversed(p.history) if h.item_id in catalogue))
-            because = explain(
-                matrix[rows], matrix[catalogue.indices(history_ids)], history_ids, self.settings.ranking.because
-            )
-            out.append(
-                {
-                    "user_id": p.user_id,
-                    "ts": p.last_ts_ms,
-                    "items": [
-                        {"item_id": catalogue.ids[r], "score": round(float(s), 6), "because": b}
-                        for r, s, b in zip(rows, row_scores, because)
-                    ],
-                    "event_count": p.event_count,
-                    "profile_version": p.version,
-                }
-            )
+        for b in iter_blocks(len(profiles)):
+            block = profiles[b]
+            kept = [rows[rows >= 0] for rows in best[b]]
+            history_ids = [list(dict.fromkeys(h.item_id for h in reversed(p.history) if h.item_id in catalogue)) for p in block]
+            because = explain_rows(matrix, kept, [catalogue.indices(h) for h in history_ids], self.settings.ranking.because)
+            for p, rows, row_scores, hist, why in zip(block, kept, scores[b].tolist(), history_ids, because):
+                out.append(
+                    {
+                        "user_id": p.user_id,
+                        "ts": p.last_ts_ms,
+                        "items": [
+                            {"item_id": ids[r], "score": round(s, 6), "because": [hist[j] for j in w]}
+                            for r, s, w in zip(rows.tolist(), row_scores, why)
+                        ],
+                        "event_count": p.event_count,
+                        "profile_version": p.version,
+                    }
+                )
         return out
 
 
