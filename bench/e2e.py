@@ -249,7 +249,9 @@ def _latency(settings: Settings, workdir: Path, items: list[dict], ids: list[str
         return {"rate_target": round(rate), "rate_sent": round(total / publish_seconds), "events": total,
                 "applied": tracker.events_applied, "samples": len(lat),
                 **{f"p{q}_ms": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)},
-                "max_ms": round(float(lat.max()), 1), "memory": worker.memory()}
+                "max_ms": round(float(lat.max()), 1), "memory": worker.memory(),
+                # in arrival order: a second half far above the first means a growing backlog
+                "p50_first_second_half_ms": [round(float(np.median(h)), 1) for h in np.array_split(lat, 2)]}
     finally:
         producer.close()
         worker.stop()
