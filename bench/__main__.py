@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=60.0, help="e2e: length of the 50%%-load phase")
     parser.add_argument("--profile", type=Path, help="e2e: py-spy the worker; top-N summary to this path")
     parser.add_argument("--soak-seconds", type=float, default=180.0, help="soak: duration (600 for the 10-minute soak)")
-    parser.add_argument("--soak-rate", type=float, default=1000.0, help="soak: events/s published")
+    parser.add_argument("--soak-rate", type=float, default=300.0, help="soak: events/s published (below the worker's sustained rate, else the backlog grows)")
     args = parser.parse_args()
     names = args.names or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]

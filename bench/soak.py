@@ -18,7 +18,7 @@ from bench.e2e import WorkerProcess, _catalogue, _settings, synthetic_events
 __all__ = ["run"]
 
 
-def run(seconds: float = 180.0, rate: float = 1000.0, users: int = 10_000, every_s: float = 10.0) -> dict:
+def run(seconds: float = 180.0, rate: float = 300.0, users: int = 10_000, every_s: float = 10.0) -> dict:
     from stream.broker import EmbeddedBroker, free_port
     from stream.kafka_io import ensure_topics, make_producer, publish_events, publish_items
 
