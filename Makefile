@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # pulling multi-GB CUDA wheels for the exporter.
 TORCH  ?= torch==2.13.0
 
-.PHONY: run test chaos install bench clean tools
+.PHONY: run test chaos install bench soak clean tools
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,8 +38,13 @@ tools:
 	      echo "note: could not install docker-compose; tests/test_deploy.py will skip the compose checks"; \
 	  else echo "note: docker-compose missing and not root; tests/test_deploy.py will skip the compose checks"; fi
 
+# The suite: scoring, store, encoders, end to end (with the Faust floor and 50% load), a
+# 3-minute memory soak. One JSON line each; BENCHMARKS.md records them.
 bench: $(STAMP)
 	$(PY) -m bench
+
+soak: $(STAMP)
+	$(PY) -m bench soak --soak-seconds 600
 
 clean:
 	rm -rf $(VENV) .pytest_cache

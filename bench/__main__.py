@@ -1,5 +1,5 @@
 """Run benchmarks and print one JSON line per benchmark: ``python -m bench [NAME ...]``
-(names: scoring, store, encoders; default: all)."""
+(names: scoring, store, encoders, e2e, soak; default: all)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,34 @@ import os
 import platform
 import sys
 
-from bench import encoders, scoring, store
+from pathlib import Path
 
-BENCHMARKS = {"scoring": scoring.run, "store": store.run, "encoders": encoders.run}
+from bench import e2e, encoders, scoring, soak, store
+
+BENCHMARKS = {
+    "scoring": lambda a: scoring.run(),
+    "store": lambda a: store.run(),
+    "encoders": lambda a: encoders.run(),
+    "e2e": lambda a: e2e.run(events=a.events, latency_seconds=a.latency_seconds, profile=a.profile),
+    "soak": lambda a: soak.run(seconds=a.soak_seconds, rate=a.soak_rate),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
-    names = parser.parse_args().names or list(BENCHMARKS)
+    parser.add_argument("--events", type=int, default=200_000, help="e2e: events through the pipeline (default 200,000)")
+    parser.add_argument("--latency-seconds", type=float, default=60.0, help="e2e: length of the 50%%-load phase")
+    parser.add_argument("--profile", type=Path, help="e2e: py-spy the worker; top-N summary to this path")
+    parser.add_argument("--soak-seconds", type=float, default=180.0, help="soak: duration (600 for the 10-minute soak)")
+    parser.add_argument("--soak-rate", type=float, default=300.0, help="soak: events/s published (below the worker's sustained rate, else the backlog grows)")
+    args = parser.parse_args()
+    names = args.names or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
     machine = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
-    for result in (BENCHMARKS[name]() for name in names):
+    for result in (BENCHMARKS[name](args) for name in names):
         print(json.dumps({**result, **machine}))
         sys.stdout.flush()
 

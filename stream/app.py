@@ -281,6 +281,8 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         log.info("forget request at %s:%d done: %s; tombstones to %s", m.topic, m.partition,
                  "profile erased" if erased else "nothing was stored", ", ".join(topics) or "no topic")
 
+    control_topic = s.topics.control  # a computed property: read once, not per record
+
     @app.agent(inputs)
     async def events(stream: faust.StreamT) -> None:
         ctx.stream = stream
@@ -291,7 +293,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             received = now_ms()
             for fevent in batch:
                 m = fevent.message
-                if m.topic == s.topics.control:
+                if m.topic == control_topic:
                     await control(fevent)
                     await stream.ack(fevent)
                     continue

@@ -80,6 +80,9 @@ def _consume(settings: Settings, tracker: _Tracker, stop: threading.Event) -> No
         enable_auto_commit=False,
         group_id=None,
         consumer_timeout_ms=200,
+        # kafka-python parks fetches for 500 ms by default and Tansu answers a parked fetch
+        # only when the wait expires: that would be added to the latency being measured.
+        fetch_max_wait_ms=10,
     )
     try:
         while not stop.is_set():

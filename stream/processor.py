@@ -29,7 +29,7 @@ from stream.catalog import Catalogue
 from stream.config import EVENT_KINDS, Settings
 from stream.events import Event
 from stream.profile import apply_events, decay
-from stream.ranking import blend_queries, explain, score, top_k
+from stream.ranking import blend_queries, explain_rows, iter_blocks, score, top_k
 from stream.windows import UserWindow
 
 __all__ = ["FlushResult", "Processor", "TextEncoder"]
@@ -241,6 +241,13 @@ class Processor:
         """:meth:`score` with the exclusions already as catalogue row indices."""
         return score(self.queries(profiles), self.catalogue.matrix, exclude)
 
+    def top_rows(self, profiles: list[ProfileRecord], seen: dict[str, set[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(U, k) best catalogue rows and scores: :meth:`score_rows` in blocks of users, so
+        a flush holds at most ``ranking.BLOCK_USERS`` × N scores whatever its size."""
+        exclude = [self.catalogue.indices(seen.get(p.user_id, set())) for p in profiles]
+        parts = [top_k(self.score_rows(profiles[b], exclude[b]), k) for b in iter_blocks(len(profiles))]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
     def queries(self, profiles: list[ProfileRecord]) -> np.ndarray:
         """(U, D) query vectors: the blend of unit horizons, or a tuned model's query MLP."""
         vectors = np.stack([p.vectors for p in profiles])
@@ -257,32 +264,32 @@ class Processor:
         return self.adapter.query(vectors, recent_vectors, mask)
 
     def recommend(self, profiles: list[ProfileRecord], seen: dict[str, set[str]]) -> list[dict[str, Any]]:
-        """Top-K with ``because`` items for each profile; one matrix product for all."""
+        """Top-K with ``because`` items for each profile; one matrix product per block of users."""
         if not profiles or len(self.catalogue) == 0:
             return []
         catalogue = self.catalogue
         matrix = catalogue.matrix
-        best, scores = top_k(self.score(profiles, seen), self.settings.ranking.k)
+        best, scores = self.top_rows(profiles, seen, self.settings.ranking.k)
+        ids = catalogue.ids
         out = []
-        for p, rows, row_scores in zip(profiles, best, scores):
-            keep = rows >= 0
-            rows, row_scores = rows[keep], row_scores[keep]
-            history_ids = list(dict.fromkeys(h.item_id for h in reversed(p.history) if h.item_id in catalogue))
-            because = explain(
-                matrix[rows], matrix[catalogue.indices(history_ids)], history_ids, self.settings.ranking.because
-            )
-            out.append(
-                {
-                    "user_id": p.user_id,
-                    "ts": p.last_ts_ms,
-                    "items": [
-                        {"item_id": catalogue.ids[r], "score": round(float(s), 6), "because": b}
-                        for r, s, b in zip(rows, row_scores, because)
-                    ],
-                    "event_count": p.event_count,
-                    "profile_version": p.version,
-                }
-            )
+        for b in iter_blocks(len(profiles)):
+            block = profiles[b]
+            kept = [rows[rows >= 0] for rows in best[b]]
+            history_ids = [list(dict.fromkeys(h.item_id for h in reversed(p.history) if h.item_id in catalogue)) for p in block]
+            because = explain_rows(matrix, kept, [catalogue.indices(h) for h in history_ids], self.settings.ranking.because)
+            for p, rows, row_scores, hist, why in zip(block, kept, scores[b].tolist(), history_ids, because):
+                out.append(
+                    {
+                        "user_id": p.user_id,
+                        "ts": p.last_ts_ms,
+                        "items": [
+                            {"item_id": ids[r], "score": round(s, 6), "because": [hist[j] for j in w]}
+                            for r, s, w in zip(rows.tolist(), row_scores, why)
+                        ],
+                        "event_count": p.event_count,
+                        "profile_version": p.version,
+                    }
+                )
         return out
 
 

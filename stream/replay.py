@@ -33,6 +33,7 @@ from stream.config import Settings
 from stream.events import Event
 from stream.metrics import MetricAccumulator, rank_of_targets
 from stream.processor import Processor, TextEncoder
+from stream.ranking import iter_blocks
 from stream.windows import UserWindow
 
 __all__ = ["LeakageError", "Protocol", "history_segment", "run_replay"]
@@ -174,8 +175,7 @@ def run_replay(
                     state[user] = processor.fold(state[user], e)
                 prior[user] += 1
                 applied_until = max(applied_until, e.ts_ms)
-            for start in range(0, len(snapshots), 512):  # the worker's scoring, batched
-                part = slice(start, start + 512)
+            for part in iter_blocks(len(snapshots)):  # the worker's scoring, in its blocks
                 scores = processor.score_rows(snapshots[part], excludes[part])
                 target_rows = np.array(targets[part])
                 ranks = rank_of_targets(scores, target_rows)

@@ -98,3 +98,19 @@ def test_a_profile_stored_under_another_model_is_rebuilt_from_its_history(proces
     with fresh.store.read() as txn:
         want = txn.get_profile("u")
     np.testing.assert_allclose(after.vectors, want.vectors, rtol=1e-5, atol=1e-6)
+
+
+def test_a_flush_of_more_users_than_a_scoring_block_ranks_each_as_if_alone(processor):
+    """recommend() scores in blocks of ranking.BLOCK_USERS; every user's top-K must equal
+    the one computed for that user on its own (one scoring path, any flush size)."""
+    rng = np.random.default_rng(5)
+    windows = [window(f"u{n}", [str(i) for i in rng.choice(30, size=3, replace=False)]) for n in range(300)]
+    result = processor.flush(windows, now_ms=1)
+    assert len(result.recommendations) == 300
+    with processor.store.read() as txn:
+        profiles = {p: txn.get_profile(p) for p in ("u0", "u255", "u256", "u299")}
+        seen = {p: txn.get_seen(p) for p in profiles}
+    for rec in (r for r in result.recommendations if r["user_id"] in profiles):
+        alone = processor.recommend([profiles[rec["user_id"]]], seen)[0]
+        assert [i["item_id"] for i in rec["items"]] == [i["item_id"] for i in alone["items"]]
+        assert not {i["item_id"] for i in rec["items"]} & seen[rec["user_id"]]

@@ -3,7 +3,7 @@
 import numpy as np
 
 from stream.profile import normalised
-from stream.ranking import blend_queries, explain, score, top_k
+from stream.ranking import blend_queries, explain, explain_rows, iter_blocks, score, top_k
 
 ITEMS = normalised(np.random.default_rng(1).normal(size=(50, 16)).astype(np.float32))
 
@@ -42,3 +42,54 @@ def test_explain_picks_the_most_similar_history_items():
     because = explain(ITEMS[[10, 20]], ITEMS[[20, 10, 30]], ["b", "a", "c"], 1)
     assert because == [["a"], ["b"]]
     assert explain(ITEMS[[10]], ITEMS[:0], [], 3) == [[]]
+
+
+def _reference_top_k(scores, k):
+    """Full sort by (score descending, column ascending): what top_k promises."""
+    k = min(k, scores.shape[1])
+    order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores), axis=1)[:, :k]
+    best = np.take_along_axis(scores, order, axis=1)
+    return np.where(np.isneginf(best), -1, order), best
+
+
+def test_top_k_matches_a_full_sort_on_a_large_catalogue_with_ties_and_exclusions():
+    rng = np.random.default_rng(3)
+    items = normalised(rng.standard_normal((20_000, 8)).astype(np.float32))  # block-maxima path
+    items[5000:5010] = items[42]  # exact ties across the top
+    queries = np.vstack([items[42], rng.standard_normal((29, 8)).astype(np.float32)])
+    exclude = [rng.choice(20_000, size=int(rng.integers(0, 300)), replace=False) for _ in range(30)]
+    exclude[1] = np.arange(20_000 - 5)  # only 5 items left: the rest of the slots are -1
+    scores = score(queries, items, exclude)
+    idx, best = top_k(scores, 12)
+    ref_idx, ref_best = _reference_top_k(scores, 12)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(best, ref_best)
+    assert list(idx[0][:11]) == [42, *range(5000, 5010)]  # ties: lower row first
+    assert list(idx[1][5:]) == [-1] * 7 and set(idx[1][:5]) == set(range(19_995, 20_000))
+
+
+def test_scoring_in_blocks_of_users_gives_the_same_top_k_as_all_at_once():
+    rng = np.random.default_rng(4)
+    items = normalised(rng.standard_normal((9_000, 16)).astype(np.float32))
+    queries = rng.standard_normal((600, 16)).astype(np.float32)
+    exclude = [rng.choice(9_000, size=50, replace=False) for _ in range(600)]
+    whole = top_k(score(queries, items, exclude), 10)
+    blocks = [top_k(score(queries[b], items, exclude[b]), 10) for b in iter_blocks(600, 256)]
+    assert [b.stop - b.start for b in iter_blocks(600, 256)] == [256, 256, 88]
+    np.testing.assert_array_equal(whole[0], np.concatenate([b[0] for b in blocks]))
+    # the same items; scores may differ in the last bit (BLAS blocks a 600-row product differently)
+    np.testing.assert_allclose(whole[1], np.concatenate([b[1] for b in blocks]), rtol=1e-6)
+
+
+def test_explain_rows_matches_explain_user_by_user():
+    rng = np.random.default_rng(6)
+    items = ITEMS.copy()
+    items[40] = items[41]  # a tie inside a history: the earlier position wins in both
+    recs = [rng.choice(50, size=s, replace=False) for s in (10, 7, 0, 10)]
+    histories = [np.array([41, 40, 3, 9]), rng.choice(50, size=30, replace=False), np.array([1]), np.array([], np.int64)]
+    for n in (0, 1, 3):
+        got = explain_rows(items, recs, histories, n)
+        for r, h, g in zip(recs, histories, got):
+            names = [f"h{j}" for j in range(len(h))]
+            want = explain(items[r], items[h], names, n) if len(r) else []
+            assert [[names[j] for j in row] for row in g] == want

@@ -1,0 +1,301 @@
+"""End to end: events through the embedded broker and one worker, next to the Faust floor.
+
+One run, one broker, three phases:
+
+1. **floor**: ``events`` synthetic events (``users`` users over the ml-100k catalogue) are
+   published first; a bare Faust agent (:mod:`bench.floor`) decodes them: events/s.
+2. **throughput**: a recstream worker (``recstream worker``, default settings) consumes the
+   same records under its own group: sustained events/s from its first consumed record to
+   the last applied one (its ``/metrics``, polled every 0.2 s: both ends err against us),
+   the ratio to the floor, and the worker's peak RSS.
+3. **latency**: a fresh worker with a latency-oriented flush (:data:`LATENCY_FLUSH`) is fed
+   live at ``load`` × the throughput of phase 2, events stamped at their produce time:
+   p50/p95/p99 from handing an event to the producer to the arrival of the first
+   recommendation that includes it (``stream.demo``'s tracker and consumer).
+
+``--profile PATH`` runs py-spy on the worker during phase 2 (the figures then include its
+sampling cost) and writes a top-N summary of the hot spots next to its raw output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from stream.config import Settings, load_settings
+from stream.demo import _consume, _Tracker, _wait_for_log
+
+__all__ = ["LATENCY_FLUSH", "WorkerProcess", "run", "synthetic_events"]
+
+#: Flush settings for the latency phase (environment overrides of ``windows``/``broker``):
+#: 100 ms event-time windows, batches waited on for at most 20 ms, fetches parked 20 ms.
+LATENCY_FLUSH = {
+    "RECSTREAM_WINDOWS__SIZE_S": "0.1",
+    "RECSTREAM_WINDOWS__BATCH_TIMEOUT_S": "0.02",
+    "RECSTREAM_WINDOWS__IDLE_FLUSH_S": "0.1",
+    "RECSTREAM_BROKER__FETCH_MAX_WAIT_MS": "20",
+}
+KINDS = ("view", "click", "purchase")
+
+
+def synthetic_events(n: int, users: int, item_ids: list[str], weights: np.ndarray, seed: int = 0,
+                     ts0_ms: int | None = None, step_ms: int = 10) -> list[dict[str, Any]]:
+    """``n`` events from ``users`` users, items drawn by ``weights`` (popularity), kinds
+    60/30/10 % view/click/purchase, event time ``step_ms`` apart ending about now."""
+    rng = np.random.default_rng(seed)
+    user = rng.integers(0, users, n)
+    item = rng.choice(len(item_ids), size=n, p=weights / weights.sum())
+    kind = rng.choice(3, size=n, p=[0.6, 0.3, 0.1])
+    start = (ts0_ms if ts0_ms is not None else int(time.time() * 1000)) - n * step_ms
+    return [{"user_id": f"u{user[i]:05d}", "item_id": item_ids[item[i]], "ts": start + i * step_ms,
+             "event_id": f"e{seed}-{i}", "kind": KINDS[kind[i]]} for i in range(n)]
+
+
+class WorkerProcess:
+    """A ``recstream worker`` subprocess with its web port (for ``/metrics``) and log."""
+
+    def __init__(self, settings: Settings, workdir: Path, env: dict[str, str] | None = None) -> None:
+        from stream.broker import free_port
+
+        self.port = free_port()
+        self.log = workdir / "worker.log"
+        cmd = [sys.executable, "-m", "stream.cli", "--broker", settings.broker.url, "--store", str(workdir / "store.lmdb"),
+               "--topic-prefix", settings.topics.prefix, "worker", "--web-port", str(self.port)]
+        with open(self.log, "wb") as log_file:
+            self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+    def wait_ready(self) -> None:
+        _wait_for_log(self.log, "catalogue ready", self.proc, timeout_s=300)
+        _wait_for_log(self.log, "Worker ready", self.proc, timeout_s=120)
+
+    def metrics(self) -> dict[str, float]:
+        """Counters from ``/metrics``, label sets summed: ``{"events_applied": ..., ...}``."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as response:
+                text = response.read().decode()
+        except OSError:
+            return {}
+        out: dict[str, float] = {}
+        for m in re.finditer(r"^recstream_(\w+?)(?:_total)?(?:\{[^}]*\})? (\S+)$", text, re.M):
+            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
+        return out
+
+    def memory(self) -> dict[str, int]:
+        """Peak and current resident set (VmHWM, VmRSS) and anonymous memory, in bytes."""
+        fields = {}
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+                fields[name] = int(value.split()[0]) * 1024
+        return fields
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the worker so far (all its threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _raw(profile: Path) -> Path:
+    """Where py-spy's collapsed stacks go, beside the summary."""
+    return profile.with_name(profile.name + ".raw")
+
+
+def _settings(url: str, prefix: str) -> Settings:
+    return load_settings(None, broker={"url": url}, topics={"prefix": prefix})
+
+
+def _catalogue(settings: Settings) -> tuple[list[dict], list[str], np.ndarray]:
+    from stream import movielens
+
+    data_dir = movielens.fetch_ml100k(settings.encoder.cache_dir)
+    items = movielens.load_items(data_dir)
+    counts: dict[str, int] = {}
+    for r in movielens.load_ratings(data_dir):
+        counts[r.item_id] = counts.get(r.item_id, 0) + 1
+    ids = [i.item_id for i in items]
+    return [movielens.item_message(i) for i in items], ids, np.array([counts.get(i, 0) + 1.0 for i in ids])
+
+
+def _prepare(settings: Settings, items: list[dict], events: list[dict]) -> float:
+    from stream.kafka_io import ensure_topics, make_producer, publish_events, publish_items
+
+    ensure_topics(settings)
+    producer = make_producer(settings)
+    publish_items(producer, settings.topics, items)
+    started = time.perf_counter()
+    publish_events(producer, settings.topics, events)
+    producer.close()
+    return time.perf_counter() - started
+
+
+def _floor(settings: Settings, workdir: Path, events: int, timeout_s: float) -> tuple[float, float]:
+    """(events/s, CPU seconds per event) of the bare agent."""
+    out = workdir / "floor.json"
+    env = {**os.environ, "RECSTREAM_BROKER__URL": settings.broker.url, "RECSTREAM_TOPICS__PREFIX": settings.topics.prefix}
+    with open(workdir / "floor.log", "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.floor", str(out), str(events)], env=env,
+                                stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not out.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"floor agent did not finish; see {workdir / 'floor.log'}")
+            time.sleep(0.2)
+        time.sleep(0.1)
+        result = orjson.loads(out.read_bytes())
+        return result["count"] / (result["last"] - result["first"]), result["cpu_s"] / result["count"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _throughput(settings: Settings, workdir: Path, events: int, timeout_s: float, profile: Path | None) -> dict:
+    worker = WorkerProcess(settings, workdir)
+    spy = None
+    try:
+        worker.wait_ready()
+        if profile is not None:
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(worker.proc.pid), "--rate", "50", "--format", "raw",
+                                    "--output", str(_raw(profile)), "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        start = end = None
+        previous = time.time()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            now = time.time()
+            m = worker.metrics()
+            if start is None and m.get("events_consumed", 0) > 0:
+                start = previous  # the last poll before any record was consumed
+                cpu = worker.cpu_s()
+            if m.get("events_applied", 0) >= events:
+                end = now
+                break
+            previous = now
+            time.sleep(0.2)
+        m = worker.metrics()
+        if end is None or start is None:
+            raise RuntimeError(f"worker applied {m.get('events_applied', 0):.0f} of {events} events; see {worker.log}")
+        return {"events_per_s": events / (end - start), "elapsed_s": end - start, "memory": worker.memory(),
+                "cpu_per_event": (worker.cpu_s() - cpu) / events,
+                "flushes": m.get("window_flushes", 0), "recommendations": m.get("recommendations", 0)}
+    finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
+        worker.stop()
+
+
+def _latency(settings: Settings, workdir: Path, items: list[dict], ids: list[str], weights: np.ndarray,
+             rate: float, seconds: float) -> dict:
+    from stream.kafka_io import ensure_topics, make_producer, publish_events, publish_items
+
+    ensure_topics(settings)
+    producer = make_producer(settings)
+    publish_items(producer, settings.topics, items)
+    producer.flush()
+    worker = WorkerProcess(settings, workdir, env=LATENCY_FLUSH)
+    try:
+        worker.wait_ready()
+        tracker, stop = _Tracker(), threading.Event()
+        consumer = threading.Thread(target=_consume, args=(settings, tracker, stop), daemon=True)
+        consumer.start()
+        time.sleep(2)  # the tracker's consumer has joined the output topic
+        total, tick, sent, seed = int(rate * seconds), 0.01, 0, 1
+        t0 = time.perf_counter()
+        while sent < total:
+            due = min(total, int((time.perf_counter() - t0) * rate) + 1)
+            if due > sent:
+                batch = synthetic_events(due - sent, 10_000, ids, weights, seed=seed, step_ms=0)
+                for e in batch:
+                    e["event_id"] = f"lat-{sent}"
+                    sent += 1
+                    tracker.on_sent(e["user_id"])
+                publish_events(producer, settings.topics, batch)
+                seed += 1
+            time.sleep(tick)
+        publish_seconds = time.perf_counter() - t0
+        idle_since, last = time.monotonic(), -1
+        while tracker.events_applied < total and time.monotonic() - idle_since < 30:
+            if tracker.events_applied != last:
+                idle_since, last = time.monotonic(), tracker.events_applied
+            time.sleep(0.2)
+        stop.set()
+        consumer.join(timeout=5)
+        lat = np.array(tracker.latencies) * 1000
+        return {"rate_target": round(rate), "rate_sent": round(total / publish_seconds), "events": total,
+                "applied": tracker.events_applied, "samples": len(lat),
+                **{f"p{q}_ms": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)},
+                "max_ms": round(float(lat.max()), 1), "memory": worker.memory(),
+                # in arrival order: a second half far above the first means a growing backlog
+                "p50_first_second_half_ms": [round(float(np.median(h)), 1) for h in np.array_split(lat, 2)]}
+    finally:
+        producer.close()
+        worker.stop()
+
+
+def run(events: int = 200_000, users: int = 10_000, load: float = 0.5, latency_seconds: float = 60.0,
+        profile: Path | None = None) -> dict:
+    from stream.broker import EmbeddedBroker, free_port
+
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        workdir = Path(tmp)
+        port = free_port()
+        broker = EmbeddedBroker(port=port, log_path=workdir / "broker.log")
+        broker.start()
+        try:
+            url = f"kafka://127.0.0.1:{port}"
+            tp = _settings(url, "bench.tp.")
+            items, ids, weights = _catalogue(tp)
+            stream_events = synthetic_events(events, users, ids, weights)
+            publish_s = _prepare(tp, items, stream_events)
+            del stream_events
+            timeout = 120 + events / 200
+            floor, floor_cpu = _floor(tp, workdir, events, timeout)
+            (workdir / "tp").mkdir()
+            ours = _throughput(tp, workdir / "tp", events, timeout, profile)
+            (workdir / "lat").mkdir()
+            latency = _latency(_settings(url, "bench.lat."), workdir / "lat", items, ids, weights,
+                               load * ours["events_per_s"], latency_seconds)
+        finally:
+            broker.stop()
+    result = {
+        "benchmark": "e2e", "events": events, "users": users, "items": len(ids), "publish_events_per_s": round(events / publish_s),
+        "floor_events_per_s": round(floor), "events_per_s": round(ours["events_per_s"]),
+        "ratio_to_floor": round(ours["events_per_s"] / floor, 3),
+        # CPU per event is what other load on a shared machine distorts least
+        "floor_cpu_us_per_event": round(floor_cpu * 1e6), "cpu_us_per_event": round(ours["cpu_per_event"] * 1e6), "elapsed_s": round(ours["elapsed_s"], 1),
+        "worker_peak_rss_mb": round(ours["memory"]["VmHWM"] / 2**20), "flushes": ours["flushes"],
+        "recommendations": ours["recommendations"], "latency_flush": LATENCY_FLUSH,
+        "latency": {**{k: v for k, v in latency.items() if k != "memory"},
+                    "worker_peak_rss_mb": round(latency["memory"]["VmHWM"] / 2**20)},
+        "profiled": profile is not None,
+    }
+    if profile is not None:
+        from bench.profile import summarise
+
+        result["profile"] = summarise(_raw(profile), profile)
+    return result
