@@ -27,6 +27,7 @@ from stream.broker import EmbeddedBroker, free_port
 from stream.config import load_settings
 from stream.kafka_io import ensure_topics, make_producer, publish_items
 from tests.test_pipeline import consume
+from worker_harness import stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -78,16 +79,6 @@ def start_worker(settings, port: int, log_path: Path, **env: str) -> subprocess.
     env = {**os.environ, "RECSTREAM_APP_ID": settings.app_id, "RECSTREAM_WEB_HOST": "127.0.0.1",
            "RECSTREAM_WEB_ADVERTISED_URL": f"http://127.0.0.1:{port}", "RECSTREAM_LOG_FORMAT": "json", **env}
     return subprocess.Popen(cmd, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture

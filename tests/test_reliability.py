@@ -26,6 +26,7 @@ from stream.kafka_io import ensure_topics, publish_items
 from stream.privacy import Pseudonymiser
 from corpus.hostile import TS, event_cases, item_cases
 from corpus.store_scan import store_rows, traces
+from worker_harness import stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -51,15 +52,6 @@ def wait_for(proc: subprocess.Popen, log_path: Path, done, what: str, timeout_s:
             return
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}:\n{log_path.read_text('utf-8', 'replace')[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 class TopicReader:
