@@ -108,7 +108,8 @@ class WorkerContext:
             stored = {i.item_id: txn.get_item(i.item_id) for i in items}
         changed = [(i, t) for i, t in zip(items, texts)
                    if (old := stored[i.item_id]) is None or old.text != t or (self.stale_items and i.item_id not in self.reencoded)]
-        self.reencoded.update(i.item_id for i, _ in changed)
+        if self.stale_items:
+            self.reencoded.update(i.item_id for i, _ in changed)
         if not changed:
             return 0
         vectors = item_vectors(self.encoder, [i for i, _ in changed], [t for _, t in changed])

@@ -52,7 +52,10 @@ def item_text(item: ItemMessage) -> str:
 def item_vectors(encoder, items: list[ItemMessage], texts: list[str] | None = None) -> np.ndarray:
     """The catalogue vectors of ``items``: the encoder's text vectors, plus, for a tuned
     model, the learned residual of each item seen in tuning (one batched encoder call)."""
-    vectors = encoder.encode(texts if texts is not None else [item_text(i) for i in items])
+    return _with_residuals(encoder, items, encoder.encode(texts if texts is not None else [item_text(i) for i in items]))
+
+
+def _with_residuals(encoder, items: list[ItemMessage], vectors: np.ndarray) -> np.ndarray:
     adapter = getattr(encoder, "adapter", None)
     return adapter.adapt_items([i.item_id for i in items], vectors) if adapter is not None else vectors
 
@@ -109,10 +112,7 @@ class Catalogue:
         a tuned model's residuals are added as in :func:`item_vectors`."""
         from encoders.catalogue import encode_in_chunks
 
-        vectors = encode_in_chunks(encoder, [item_text(i) for i in items], progress=progress)
-        adapter = getattr(encoder, "adapter", None)
-        if adapter is not None:
-            vectors = adapter.adapt_items([i.item_id for i in items], vectors)
+        vectors = _with_residuals(encoder, items, encode_in_chunks(encoder, [item_text(i) for i in items], progress=progress))
         catalogue = cls(encoder.dim)
         for item, vector in zip(items, vectors):
             catalogue.upsert(item.item_id, vector)

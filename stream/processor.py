@@ -28,7 +28,7 @@ from store import HistoryEntry, LmdbStore, ProfileRecord, event_id_hash
 from stream.catalog import Catalogue
 from stream.config import EVENT_KINDS, Settings
 from stream.events import Event
-from stream.profile import apply_events, decay
+from stream.profile import apply_events
 from stream.ranking import blend_queries, explain_rows, iter_blocks, score, top_k
 from stream.windows import UserWindow
 
@@ -70,7 +70,6 @@ class Processor:
         if self.adapter is not None:
             self.horizons = [str(h) for h in self.adapter.horizons]
             self.half_lives_ms = np.asarray(self.adapter.half_lives_s, np.float64) * 1000.0
-            self.blend = np.full(len(self.horizons), 1.0 / len(self.horizons))
             self.kind_weights = np.asarray(self.adapter.kind_weights, np.float64)
         else:
             self.horizons = list(settings.profile.half_lives_s)
@@ -101,17 +100,14 @@ class Processor:
         if rec.vectors.shape == shape:
             return rec
         known = [h for h in rec.history if h.item_id in self.catalogue]
-        vectors, weights, last = np.zeros(shape, np.float32), np.zeros(shape[0]), 0
-        if known:
-            vectors, weights, last = apply_events(
-                vectors, weights, 0, self.catalogue.matrix[self.catalogue.indices([h.item_id for h in known])],
-                self.kind_weights[[h.kind for h in known]], np.array([h.ts_ms for h in known], np.int64), self.half_lives_ms,
-            )
-            ref = max(last, rec.last_ts_ms)  # keep the record's reference time
-            carry = decay(ref - last, self.half_lives_ms)
-            vectors, weights, last = (vectors * carry[:, None]).astype(np.float32), weights * carry, ref
+        # referenced at the record's own time (or its newest known event, if later)
+        vectors, weights, last = apply_events(
+            np.zeros(shape, np.float32), np.zeros(shape[0]), rec.last_ts_ms,
+            self.catalogue.matrix[self.catalogue.indices([h.item_id for h in known])],
+            self.kind_weights[[h.kind for h in known]], np.array([h.ts_ms for h in known], np.int64), self.half_lives_ms,
+        )
         log.info("profile of %s rebuilt from %d history items for the current model", rec.user_id, len(known))
-        return replace(rec, vectors=vectors, weights=weights, last_ts_ms=max(last, rec.last_ts_ms))
+        return replace(rec, vectors=vectors, weights=weights, last_ts_ms=last)
 
     def embedding(self, event: Event, text_vectors: dict[str, np.ndarray]) -> np.ndarray | None:
         """The vector an event contributes: its item's, else its text's, else None (rejected)."""
@@ -229,16 +225,12 @@ class Processor:
             result.recommendations = self.recommend(updated, seen)
         return result
 
-    def score(self, profiles: list[ProfileRecord], seen: dict[str, set[str]]) -> np.ndarray:
-        """(U, N) scores over catalogue rows for each profile, seen items at -inf.
-
-        The one scoring function: the worker takes its top-K, replay the target's rank.
-        """
-        exclude = [self.catalogue.indices(seen.get(p.user_id, set())) for p in profiles]
-        return self.score_rows(profiles, exclude)
-
     def score_rows(self, profiles: list[ProfileRecord], exclude: list[np.ndarray]) -> np.ndarray:
-        """:meth:`score` with the exclusions already as catalogue row indices."""
+        """(U, N) scores over catalogue rows, the ``exclude`` rows (seen items) at -inf.
+
+        The one scoring function: the worker takes its top-K (:meth:`top_rows`), replay the
+        target's rank.
+        """
         return score(self.queries(profiles), self.catalogue.matrix, exclude)
 
     def top_rows(self, profiles: list[ProfileRecord], seen: dict[str, set[str]], k: int) -> tuple[np.ndarray, np.ndarray]:

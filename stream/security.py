@@ -70,17 +70,20 @@ def faust_credentials(broker: BrokerSettings) -> Any:
     return None
 
 
+def _sasl(broker: BrokerSettings) -> dict[str, Any]:
+    """SASL kwargs, named alike by aiokafka and kafka-python; empty without SASL."""
+    if not _uses_sasl(broker):
+        return {}
+    assert broker.sasl_password is not None
+    return {"sasl_mechanism": broker.sasl_mechanism, "sasl_plain_username": broker.sasl_username,
+            "sasl_plain_password": broker.sasl_password.get_secret_value()}
+
+
 def aiokafka_config(broker: BrokerSettings) -> dict[str, Any]:
     """Connection kwargs for :class:`aiokafka.AIOKafkaConsumer` / ``AIOKafkaProducer``."""
     _check(broker)
     config: dict[str, Any] = {"bootstrap_servers": broker.bootstrap, "security_protocol": broker.security_protocol}
-    if _uses_sasl(broker):
-        assert broker.sasl_password is not None
-        config.update(
-            sasl_mechanism=broker.sasl_mechanism,
-            sasl_plain_username=broker.sasl_username,
-            sasl_plain_password=broker.sasl_password.get_secret_value(),
-        )
+    config.update(_sasl(broker))
     context = ssl_context(broker)
     if context is not None:
         config["ssl_context"] = context
@@ -97,13 +100,7 @@ def kafka_python_config(broker: BrokerSettings) -> dict[str, Any]:
         "bootstrap_servers": broker.bootstrap.split(","),
         "security_protocol": broker.security_protocol,
     }
-    if _uses_sasl(broker):
-        assert broker.sasl_password is not None
-        config.update(
-            sasl_mechanism=broker.sasl_mechanism,
-            sasl_plain_username=broker.sasl_username,
-            sasl_plain_password=broker.sasl_password.get_secret_value(),
-        )
+    config.update(_sasl(broker))
     if _uses_ssl(broker):
         config["ssl_check_hostname"] = broker.ssl_check_hostname
         for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
