@@ -59,7 +59,6 @@ class TrainingData:
     ctx_kind: np.ndarray
     target: np.ndarray
     seen: list[np.ndarray]
-    newest_ts_ms: np.ndarray  # event time of each target (leakage checks)
 
     def __len__(self) -> int:
         return len(self.target)
@@ -118,15 +117,14 @@ def build_training_data(
             out["kind"].append(ctx_kind)
             out["target"].append(rows[t])
             out["seen"].append(rows[:t])
-            out["ts"].append(ts[t])
 
     def pack(d: dict[str, list]) -> TrainingData:
         if not d:
             empty = np.zeros((0, context))
             return TrainingData(empty.astype(np.int64), empty.astype(np.float32), empty.astype(np.int64),
-                                np.zeros(0, np.int64), [], np.zeros(0, np.int64))
+                                np.zeros(0, np.int64), [])
         return TrainingData(np.stack(d["rows"]), np.stack(d["age"]), np.stack(d["kind"]), np.array(d["target"]),
-                            d["seen"], np.array(d["ts"]))
+                            d["seen"])
 
     return pack(train), pack(valid)
 
