@@ -69,7 +69,10 @@ def test_repeated_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
         wait_for(lambda: logged(log, "catalogue ready"), "catalogue", [log], 240, [proc])
         publisher.start()
         for k, threshold in enumerate(thresholds):
-            wait_for(lambda: total(store) >= threshold, f"progress to {threshold} before kill {k + 1}",
+            # Each worker must apply something new before it dies (so it restored first): a kill
+            # could otherwise land during start-up when the previous one overshot this threshold.
+            goal = max(threshold, at_kill[-1] + 1 if at_kill else 0)
+            wait_for(lambda: total(store) >= goal, f"progress to {goal} before kill {k + 1}",
                      [log], 180, [proc])
             time.sleep(rng.uniform(0.0, 0.4))
             proc.send_signal(signal.SIGKILL)
