@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store import HistoryEntry, LmdbStore, ProfileRecord, encode_profile
+from store import HistoryEntry, LmdbStore, ProfileRecord, encode_history, encode_profile
 from stream.config import EVENT_KINDS, Settings
 
 __all__ = ["run"]
@@ -43,12 +43,12 @@ def run(users: int = 20_000, dim: int = 384, seen: int = 50) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         store = LmdbStore(Path(tmp) / "s.lmdb", map_size_mb=256, durable=False)
         base = store.stats()["used_bytes"]
-        record = 0
+        record = history = 0
         for start in range(0, users, 1000):
             with store.write() as txn:
                 for n in range(start, min(users, start + 1000)):
                     rec = _profile(n, dim, horizons, history_len, rng)
-                    record = len(encode_profile(rec))
+                    record, history = len(encode_profile(rec)), len(encode_history(rec))
                     txn.put_profile(rec)
                     txn.add_seen(rec.user_id, {h.item_id for h in rec.history[:seen]})
         per_user = (store.stats()["used_bytes"] - base) / users
@@ -61,6 +61,7 @@ def run(users: int = 20_000, dim: int = 384, seen: int = 50) -> dict:
         "history_len": history_len,
         "seen_per_user": seen,
         "profile_record_bytes": record,
+        "history_record_bytes": history,
         "store_bytes_per_user": round(per_user),
         "store_gib_per_million_users": round(per_user * 1e6 / 2**30, 2),
         # Catalogue: the (N, D) float32 matrix plus the per-row list it is rebuilt from.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store import HistoryEntry, LmdbStore, ProfileRecord, encode_changelog, encode_profile
+from store import HistoryEntry, LmdbStore, ProfileRecord, encode_changelog, encode_history, encode_profile
 from stream.changelog import merge
 
 __all__ = ["run"]
@@ -69,7 +69,7 @@ def run(n: int = 5_000, batch: int = 1_000, singles: int = 200, dim: int = 384, 
         rmw = _rate(n, started)
         store.close()
 
-        records = {p.user_id: encode_changelog(encode_profile(p), [h.item_id for h in p.history]) for p in profiles}
+        records = {p.user_id: encode_changelog(encode_profile(p), encode_history(p), [h.item_id for h in p.history]) for p in profiles}
         target = LmdbStore(Path(tmp) / "b.lmdb", map_size_mb=256)
         started = time.perf_counter()
         merge(target, records)
@@ -82,4 +82,5 @@ def run(n: int = 5_000, batch: int = 1_000, singles: int = 200, dim: int = 384, 
         "changelog_restore_profiles_per_s": restore,
         "profile_bytes_float32": len(encode_profile(profiles[0])),
         "profile_bytes_float16": len(encode_profile(profiles[0], "float16")),
+        "history_bytes": len(encode_history(profiles[0])),
     }

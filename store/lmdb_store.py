@@ -1,19 +1,26 @@
 """The LMDB environment that holds items, profiles, seen items, offsets and counters.
 
-Layout: one environment (a directory), six named databases, keys are UTF-8 ids of at most
+Layout: one environment (a directory), seven named databases, keys are UTF-8 ids of at most
 511 bytes (LMDB's key limit; longer or empty ids raise ``ValueError``):
 
 ============  ==========================  =============================================
 database      key                         value
 ============  ==========================  =============================================
 items         item id                     :func:`store.records.encode_item`
-profiles      user id                     :func:`store.records.encode_profile`
+profiles      user id                     :func:`store.records.encode_profile` (vectors,
+                                          weights, counters, applied offsets)
+history       user id                     :func:`store.records.encode_history` (bounded
+                                          recent events, recent event-id hashes)
 seen          user id (dupsort)           one value per item id the user interacted with
 offsets       topic ``\\0`` partition u32  highest consumed input offset, int64 (for the
                                           profiles changelog: the next offset to restore from)
 counters      counter name                int64
 meta          name                        ``schema`` -> layout version
 ============  ==========================  =============================================
+
+A profile and its history are always written and deleted together, in one transaction.
+Schema 1 stores (no ``history`` database, histories inside version-2 profile records) are
+upgraded on the first writable open; their records are rewritten as they change.
 
 Commit order (exactly-once for profiles). A flush must:
 
@@ -66,6 +73,7 @@ from store.records import (
     ProfileRecord,
     decode_item,
     decode_profile,
+    encode_history,
     encode_item,
     encode_profile,
 )
@@ -74,8 +82,10 @@ __all__ = ["LmdbStore", "ReadTxn", "StoreError", "WriteTxn"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-DB_NAMES = ("items", "profiles", "seen", "offsets", "counters", "meta")
+SCHEMA_VERSION = 2
+#: Older schemas this code opens: 1 lacks the ``history`` database (upgraded when opened writable).
+READABLE_SCHEMAS = (1, SCHEMA_VERSION)
+DB_NAMES = ("items", "profiles", "history", "seen", "offsets", "counters", "meta")
 MAX_KEY_BYTES = 511
 GROW_AT = 0.70
 #: Waiting longer than this for read transactions to end before growing the map is an error.
@@ -110,12 +120,21 @@ class ReadTxn:
         self._dbs = store._dbs
 
     def get_profile(self, user_id: str) -> ProfileRecord | None:
-        data = self._txn.get(_key("user", user_id), db=self._dbs["profiles"])
-        return None if data is None else decode_profile(data)
+        parts = self.get_profile_bytes(user_id)
+        return None if parts is None else decode_profile(*parts)
 
-    def get_profile_bytes(self, user_id: str) -> bytes | None:
-        """The encoded profile as stored (for the changelog; no decode/encode round trip)."""
-        return self._txn.get(_key("user", user_id), db=self._dbs["profiles"])
+    def get_profile_bytes(self, user_id: str) -> tuple[bytes, bytes | None] | None:
+        """The encoded profile and history records as stored (for the changelog; no
+        decode/encode round trip), or None without a profile."""
+        key = _key("user", user_id)
+        data = self._txn.get(key, db=self._dbs["profiles"])
+        if data is None:
+            return None
+        return data, self._get_history(key)
+
+    def _get_history(self, key: bytes) -> bytes | None:
+        db = self._dbs["history"]
+        return None if db is None else self._txn.get(key, db=db)
 
     def get_profiles(self, user_ids: Iterable[str]) -> dict[str, ProfileRecord]:
         """The stored profiles among ``user_ids``; users without one are absent."""
@@ -143,8 +162,8 @@ class ReadTxn:
 
     def iter_profiles(self) -> Iterator[ProfileRecord]:
         """All profiles in user-id byte order."""
-        for value in self._txn.cursor(db=self._dbs["profiles"]).iternext(keys=False, values=True):
-            yield decode_profile(value)
+        for key, value in self._txn.cursor(db=self._dbs["profiles"]):
+            yield decode_profile(value, self._get_history(key))
 
     def get_offsets(self) -> dict[tuple[str, int], int]:
         """(topic, partition) -> the highest input offset a committed flush consumed."""
@@ -172,7 +191,9 @@ class WriteTxn(ReadTxn):
         self._journal: list[tuple[str, Any, bytes, bytes]] = []
 
     def put_profile(self, rec: ProfileRecord) -> None:
-        self._apply("put", "profiles", _key("user", rec.user_id), encode_profile(rec, self._store.vector_dtype))
+        key = _key("user", rec.user_id)
+        self._apply("put", "profiles", key, encode_profile(rec, self._store.vector_dtype))
+        self._apply("put", "history", key, encode_history(rec))
 
     def add_seen(self, user_id: str, item_ids: Iterable[str]) -> None:
         """Add ``item_ids`` to the user's seen set (already-present ids are ignored)."""
@@ -207,6 +228,7 @@ class WriteTxn(ReadTxn):
         """
         key = _key("user", user_id)
         had_profile = self._apply("delete", "profiles", key, b"")
+        self._apply("delete", "history", key, b"")
         had_seen = self._apply("delete", "seen", key, b"")  # b"" value: all duplicates
         return bool(had_profile or had_seen)
 
@@ -300,22 +322,36 @@ class LmdbStore:
         try:
             if self.readonly:
                 # py-lmdb: handles opened inside a read txn die with it; without one they persist.
-                dbs = {n: self._env.open_db(n.encode(), create=False, dupsort=n == "seen") for n in DB_NAMES}
+                dbs = {n: self._open_existing(n) for n in DB_NAMES}
+                if dbs["meta"] is not None:
+                    with self._env.begin() as txn:
+                        self._check_schema(txn.get(b"schema", db=dbs["meta"]))
+                if any(db is None for n, db in dbs.items() if n != "history"):  # history: schema 1
+                    raise lmdb.NotFoundError("missing databases")
             else:
                 with self._env.begin(write=True) as txn:
+                    raw = txn.get(b"schema", db=self._env.open_db(b"meta", txn=txn))
+                    if raw is not None:
+                        self._check_schema(raw)
                     dbs = {n: self._env.open_db(n.encode(), txn=txn, dupsort=n == "seen") for n in DB_NAMES}
-                    if txn.get(b"schema", db=dbs["meta"]) is None:
-                        txn.put(b"schema", _I64.pack(SCHEMA_VERSION), db=dbs["meta"])
-            with self._env.begin() as txn:
-                raw = txn.get(b"schema", db=dbs["meta"])
+                    txn.put(b"schema", _I64.pack(SCHEMA_VERSION), db=dbs["meta"])  # new, or upgraded
         except lmdb.NotFoundError:
             raise StoreError(f"{self.path} is not a recstream store (missing databases)") from None
         except lmdb.Error as exc:
             raise StoreError(f"cannot open LMDB store at {self.path}: {_one_line(exc)}") from None
-        schema = _I64.unpack(raw)[0] if raw else None
-        if schema != SCHEMA_VERSION:
-            raise StoreError(f"{self.path} has store schema {schema}, this code reads {SCHEMA_VERSION}")
         return dbs
+
+    def _open_existing(self, name: str) -> Any:
+        try:
+            return self._env.open_db(name.encode(), create=False, dupsort=name == "seen")
+        except lmdb.NotFoundError:
+            return None
+
+    def _check_schema(self, raw: bytes | None) -> None:
+        schema = _I64.unpack(raw)[0] if raw else None
+        if schema not in READABLE_SCHEMAS:
+            readable = ", ".join(map(str, READABLE_SCHEMAS))
+            raise StoreError(f"{self.path} has store schema {schema}, this code reads {readable}")
 
     def forget_user(self, user_id: str) -> bool:
         """Erase everything the store holds about ``user_id`` in one write transaction.
@@ -380,7 +416,8 @@ class LmdbStore:
         out: dict[str, int | float] = {}
         with self.read() as r:
             for name in DB_NAMES:
-                out[name] = r._txn.stat(self._dbs[name])["entries"]
+                db = self._dbs[name]
+                out[name] = 0 if db is None else r._txn.stat(db)["entries"]
         info, psize = self._env.info(), self._env.stat()["psize"]
         out["map_size_bytes"] = info["map_size"]
         out["used_bytes"] = (info["last_pgno"] + 1) * psize

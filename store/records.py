@@ -7,13 +7,17 @@ orjson. Decoding checks every length against the buffer, so truncated or padded 
 unknown versions raise :class:`RecordError` (a ``ValueError``) with a one-line message, never
 a half-filled record.
 
-Profile format version 2 adds a vector dtype byte (float32, or float16 on request: 384 x 2
+Profile format version 2 added a vector dtype byte (float32, or float16 on request: 384 x 2
 horizons 3 KB -> 1.5 KB at about 3 significant digits) and the hashes of the user's recent
-event ids (event-id dedupe). Decoded vectors are always float32.
+event ids (event-id dedupe). Version 3 moves the bounded history and the recent event ids
+out into their own history record (:func:`encode_history`, stored in its own database), so
+the profile record is the fixed-size part a ranking reads: at 384 dimensions, two horizons
+and float16 about 1.6 KB, whatever the history length. Decoded vectors are always float32.
 
-Stability: profile version 1 and 2 and item version 1 are frozen; :func:`decode_profile`
-reads both profile versions, :func:`encode_profile` writes version 2. Change a layout only
-by adding a version, and keep decoding the old ones.
+Stability: profile versions 1-3, history version 1, item version 1 and changelog versions
+1-2 are frozen; :func:`decode_profile` reads every profile version (1 and 2 carry their
+history inside), the encoders write the newest. Change a layout only by adding a version,
+and keep decoding the old ones.
 """
 
 from __future__ import annotations
@@ -34,21 +38,24 @@ __all__ = [
     "ProfileRecord",
     "RecordError",
     "decode_changelog",
+    "decode_history",
     "decode_item",
     "decode_profile",
     "encode_changelog",
+    "encode_history",
     "encode_item",
     "encode_profile",
     "event_id_hash",
 ]
 
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3
+HISTORY_VERSION = 1
 #: Vector dtypes a profile record may hold (code = index).
 VECTOR_DTYPES = ("float32", "float16")
 _VECTOR_NP = (np.dtype("<f4"), np.dtype("<f2"))
 _F16_MAX = 65504.0
 ITEM_VERSION = 1
-CHANGELOG_VERSION = 1
+CHANGELOG_VERSION = 2
 
 _F32 = np.dtype("<f4")
 _F64 = np.dtype("<f8")
@@ -183,7 +190,8 @@ def _history(entries: list[HistoryEntry]) -> bytes:
 
 
 def encode_profile(rec: ProfileRecord, vector_dtype: str = "float32") -> bytes:
-    """Serialise ``rec`` (format version 2). Vectors as ``vector_dtype``, weights float64.
+    """Serialise ``rec`` without its history (format version 3; the history and recent event
+    ids go through :func:`encode_history`). Vectors as ``vector_dtype``, weights float64.
 
     float16 rounds the vectors (relative error <= 2^-11); a record whose vectors exceed
     float16's range (65504) is written as float32 instead (the dtype is per record).
@@ -217,12 +225,22 @@ def encode_profile(rec: ProfileRecord, vector_dtype: str = "float32") -> bytes:
     for source, offset in rec.applied.items():
         parts.append(_str16(source))
         parts.append(_APPLIED.pack(offset))
-    parts.append(_history(rec.history))
+    return b"".join(parts)
+
+
+def encode_history(rec: ProfileRecord) -> bytes:
+    """Serialise ``rec``'s bounded history and recent event-id hashes (history version 1).
+
+    :raises ValueError: an item id, kind or count that does not fit its field.
+    """
     if len(rec.recent_ids) > 0xFFFF:
         raise ValueError(f"too many recent event ids: {len(rec.recent_ids)} (max 65535)")
-    parts.append(_U16.pack(len(rec.recent_ids)))
-    parts.append(np.asarray(rec.recent_ids, dtype="<u8").tobytes())
-    return b"".join(parts)
+    return b"".join((
+        _HDR.pack(HISTORY_VERSION),
+        _history(rec.history),
+        _U16.pack(len(rec.recent_ids)),
+        np.asarray(rec.recent_ids, dtype="<u8").tobytes(),
+    ))
 
 
 def encode_item(rec: ItemRecord) -> bytes:
@@ -245,14 +263,18 @@ def _str32_bytes(b: bytes) -> bytes:
     return _U32.pack(len(b)) + b
 
 
-def encode_changelog(profile: bytes, seen: Iterable[str]) -> bytes:
-    """A changelog value (format version 1): an encoded profile and the user's seen item ids.
+def encode_changelog(profile: bytes, history: bytes | None, seen: Iterable[str]) -> bytes:
+    """A changelog value (format version 2): an encoded profile, its history record (or
+    None) and the user's seen item ids.
 
     The seen set travels with the profile so that a worker restoring the partition can keep
     excluding everything the user interacted with, not only the bounded history.
     """
     ids = sorted(seen)
-    return b"".join((_HDR.pack(CHANGELOG_VERSION), _str32_bytes(profile), _U32.pack(len(ids)), *map(_str16, ids)))
+    return b"".join((
+        _HDR.pack(CHANGELOG_VERSION), _str32_bytes(profile), _str32_bytes(history or b""), _U32.pack(len(ids)),
+        *map(_str16, ids),
+    ))
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -342,13 +364,17 @@ def _read_history(r: _Reader) -> list[HistoryEntry]:
     return [HistoryEntry(i, t, k) for i, t, k in zip(ids, ts, kinds)]
 
 
-def decode_profile(data: bytes) -> ProfileRecord:
-    """Inverse of :func:`encode_profile`; arrays come back as writable copies.
+def decode_profile(data: bytes, history: bytes | None = None) -> ProfileRecord:
+    """Inverse of :func:`encode_profile` and :func:`encode_history`; arrays come back as
+    writable copies.
+
+    ``history`` is the user's history record; without it a version-3 profile has an empty
+    history (versions 1 and 2 carry theirs inside, which a history record overrides).
 
     :raises RecordError: unknown version, truncated or trailing bytes, invalid UTF-8.
     """
     r = _Reader(data, "profile")
-    format_version = r.version(1, PROFILE_VERSION)
+    format_version = r.version(1, 2, PROFILE_VERSION)
     user_id = r.str16()
     last_ts_ms, event_count, version, updated_ms, h, dim = r.unpack(_PROFILE_FIXED)
     code = r.u8() if format_version >= 2 else 0
@@ -361,13 +387,31 @@ def decode_profile(data: bytes) -> ProfileRecord:
     for _ in range(r.u16()):
         source = r.str16()
         applied[source] = r.i64()
-    history = _read_history(r)
-    recent_ids = r.array("<u8", r.u16()).tolist() if format_version >= 2 else []
+    entries: list[HistoryEntry] = []
+    recent_ids: list[int] = []
+    if format_version < 3:
+        entries = _read_history(r)
+        recent_ids = r.array("<u8", r.u16()).tolist() if format_version == 2 else []
     r.end()
+    if history is not None:
+        entries, recent_ids = decode_history(history)
     return ProfileRecord(
-        user_id, vectors, weights, last_ts_ms, event_count, version, applied, history, kind_counts, updated_ms,
+        user_id, vectors, weights, last_ts_ms, event_count, version, applied, entries, kind_counts, updated_ms,
         recent_ids,
     )
+
+
+def decode_history(data: bytes) -> tuple[list[HistoryEntry], list[int]]:
+    """Inverse of :func:`encode_history`: the history entries and recent event-id hashes.
+
+    :raises RecordError: unknown version, truncated or trailing bytes, invalid UTF-8.
+    """
+    r = _Reader(data, "history")
+    r.version(HISTORY_VERSION)
+    entries = _read_history(r)
+    recent_ids = r.array("<u8", r.u16()).tolist()
+    r.end()
+    return entries, recent_ids
 
 
 def decode_item(data: bytes) -> ItemRecord:
@@ -396,8 +440,10 @@ def decode_changelog(data: bytes) -> tuple[ProfileRecord, set[str]]:
     :raises RecordError: unknown version, truncated or trailing bytes, a bad inner profile.
     """
     r = _Reader(data, "changelog")
-    r.version(CHANGELOG_VERSION)
-    profile = decode_profile(r.take(r.u32()).tobytes())
+    version = r.version(1, CHANGELOG_VERSION)
+    profile_bytes = r.take(r.u32()).tobytes()
+    history = r.take(r.u32()).tobytes() if version >= 2 else b""
+    profile = decode_profile(profile_bytes, history or None)
     seen = {r.str16() for _ in range(r.u32())}
     r.end()
     return profile, seen

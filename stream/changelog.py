@@ -2,7 +2,7 @@
 
 Each worker keeps its partitions' profiles in its own LMDB, and after every flush sends the
 profiles it wrote to ``<prefix>profiles-changelog`` (compacted, partitioned like the inputs,
-keyed by user id, value :func:`store.encode_changelog`: profile record + seen item ids). The
+keyed by user id, value :func:`store.encode_changelog`: profile and history records + seen item ids). The
 profile record carries its per-partition ``applied`` offsets, so a changelog value says
 exactly which events it holds.
 
@@ -63,9 +63,9 @@ def collect(store: LmdbStore, windows: list[UserWindow[Any]]) -> list[tuple[int,
     out = []
     with store.read() as txn:
         for window in windows:
-            data = txn.get_profile_bytes(window.user_id)
-            if data is not None:
-                value = encode_changelog(data, txn.get_seen(window.user_id))
+            parts = txn.get_profile_bytes(window.user_id)
+            if parts is not None:
+                value = encode_changelog(*parts, txn.get_seen(window.user_id))
                 out.append((partition_of(window), window.user_id.encode("utf-8"), value))
     return out
 

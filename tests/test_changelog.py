@@ -10,7 +10,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "store"))
 from store_helpers import make_profile  # noqa: E402
 
-from store import LmdbStore, RecordError, decode_changelog, encode_changelog, encode_profile  # noqa: E402
+from store import (  # noqa: E402
+    LmdbStore, RecordError, decode_changelog, encode_changelog, encode_history, encode_profile,
+)
 from stream.changelog import advance_positions, collect, holds_more, merge  # noqa: E402
 from stream.events import Event  # noqa: E402
 from stream.windows import UserWindow  # noqa: E402
@@ -22,11 +24,31 @@ def profile(user: str, applied: dict[str, int], seed: int = 0):
     return rec
 
 
+def record(rec, seen) -> bytes:
+    return encode_changelog(encode_profile(rec), encode_history(rec), seen)
+
+
+#: A version-1 changelog value (history inside its version-2 profile): must stay readable.
+CHANGELOG_V1_HEX = (
+    "01b5000000020300752d32b873e5cf8b01000003000000000000000200000000000000288be5cf8b010000020004000000000000003f"
+    "0000a0bf00004040000000006f12833a0000004000008040000000c1000000000000f83f000000000000024003010000000000000000"
+    "00000000000000010000000000000001000800742e766965773a3129000000000000000200000000020231303230e86be5cf8b010000"
+    "d0070000000202000700000000000000050000000000008002000000010061010062"
+)
+
+
+def test_version_1_changelog_values_are_still_read():
+    rec, seen = decode_changelog(bytes.fromhex(CHANGELOG_V1_HEX))
+    assert (rec.user_id, rec.applied, [h.item_id for h in rec.history], rec.recent_ids, seen) == (
+        "u-2", {"t.view:1": 41}, ["10", "20"], [7, 2**63 + 5], {"a", "b"}
+    )
+
+
 def test_changelog_record_round_trip_and_errors():
     rec = profile("u1", {"t.view:1": 5})
-    data = encode_changelog(encode_profile(rec), {"b", "a", "ü"})
+    data = record(rec, {"b", "a", "ü"})
     assert decode_changelog(data) == (rec, {"a", "b", "ü"})
-    assert decode_changelog(encode_changelog(encode_profile(rec), [])) == (rec, set())
+    assert decode_changelog(record(rec, [])) == (rec, set())
     with pytest.raises(RecordError, match="version 7"):
         decode_changelog(bytes([7]) + data[1:])
     with pytest.raises(RecordError, match="truncated"):
@@ -54,9 +76,9 @@ def test_merge_keeps_the_record_with_more_events_and_unions_seen(tmp_path: Path)
         w.add_seen("gone", ["1"])
     newer_behind = profile("behind", {"t.view:0": 7}, seed=3)
     records = {
-        "ahead": encode_changelog(encode_profile(profile("ahead", {"t.view:0": 4}, seed=4)), ["x"]),
-        "behind": encode_changelog(encode_profile(newer_behind), ["2"]),
-        "new": encode_changelog(encode_profile(profile("new", {"t.view:0": 2}, seed=5)), ["3"]),
+        "ahead": record(profile("ahead", {"t.view:0": 4}, seed=4), ["x"]),
+        "behind": record(newer_behind, ["2"]),
+        "new": record(profile("new", {"t.view:0": 2}, seed=5), ["3"]),
         "gone": None,
     }
     stats = merge(store, records)
@@ -72,7 +94,7 @@ def test_merge_keeps_the_record_with_more_events_and_unions_seen(tmp_path: Path)
 
 def test_merge_stores_the_next_changelog_offsets_in_the_same_transaction(tmp_path: Path):
     store = LmdbStore(tmp_path / "s", map_size_mb=16)
-    merge(store, {"u": encode_changelog(encode_profile(profile("u", {"t.view:0": 1})), [])}, "cl", {0: 5, 3: 0})
+    merge(store, {"u": record(profile("u", {"t.view:0": 1}), [])}, "cl", {0: 5, 3: 0})
     with store.read() as r:
         assert r.get_offsets() == {("cl", 0): 5, ("cl", 3): 0}
         assert r.get_profile("u") is not None

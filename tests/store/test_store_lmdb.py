@@ -276,3 +276,50 @@ def dump_all_live(store: LmdbStore) -> dict[str, list[tuple[bytes, bytes]]]:
     """The contents of every named db through the store's own handles."""
     with store.read() as r:
         return {name: list(r._txn.cursor(db=db)) for name, db in store._dbs.items()}
+
+
+def _schema_1_store(path: Path, profile_v2: bytes) -> None:
+    """A store as schema 1 wrote it: no ``history`` database, the history inside the profile."""
+    import lmdb  # noqa: PLC0415
+
+    env = lmdb.open(str(path), max_dbs=8, map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        dbs = {n: env.open_db(n.encode(), txn=txn, dupsort=n == "seen")
+               for n in ("items", "profiles", "seen", "offsets", "counters", "meta")}
+        txn.put(b"schema", (1).to_bytes(8, "little"), db=dbs["meta"])
+        txn.put(b"u-2", profile_v2, db=dbs["profiles"])
+    env.close()
+
+
+def test_schema_1_stores_are_read_and_upgraded_in_place(tmp_path: Path):
+    from test_store_records import PROFILE_V2_HEX  # noqa: PLC0415
+
+    path = tmp_path / "old"
+    _schema_1_store(path, bytes.fromhex(PROFILE_V2_HEX))
+    with LmdbStore(path, readonly=True) as old:  # a reader of an old store: no history database yet
+        with old.read() as r:
+            before = r.get_profile("u-2")
+        assert [h.item_id for h in before.history] == ["10", "20"] and old.stats()["history"] == 0
+    with LmdbStore(path) as store:  # the first writable open upgrades the schema
+        with store.read() as r:
+            assert r.get_profile("u-2") == before
+        before.event_count += 1
+        with store.write() as w:
+            w.put_profile(before)  # rewritten in the new layout: profile + history records
+        assert store.stats()["history"] == 1
+    with LmdbStore(path, readonly=True) as store, store.read() as r:
+        assert r.get_profile("u-2") == before
+        assert list(r.iter_profiles()) == [before]
+
+
+def test_newer_schemas_are_refused(tmp_path: Path):
+    import lmdb  # noqa: PLC0415
+
+    path = tmp_path / "future"
+    env = lmdb.open(str(path), max_dbs=8)
+    with env.begin(write=True) as txn:
+        txn.put(b"schema", (99).to_bytes(8, "little"), db=env.open_db(b"meta", txn=txn))
+    env.close()
+    for readonly in (False, True):
+        with pytest.raises(StoreError, match="schema 99"):
+            LmdbStore(path, readonly=readonly)

@@ -13,12 +13,14 @@ from store import (
     ItemRecord,
     ProfileRecord,
     RecordError,
+    decode_history,
     decode_item,
     decode_profile,
+    encode_history,
     encode_item,
     encode_profile,
 )
-from store.records import ITEM_VERSION, PROFILE_VERSION
+from store.records import HISTORY_VERSION, ITEM_VERSION, PROFILE_VERSION
 
 from store_helpers import make_item, make_profile
 
@@ -67,7 +69,7 @@ def items(draw) -> ItemRecord:
 @settings(max_examples=300, deadline=None)
 @given(profiles())
 def test_profile_round_trip(rec):
-    out = decode_profile(encode_profile(rec))
+    out = decode_profile(encode_profile(rec), encode_history(rec))
     assert out == rec
     assert out.vectors.dtype == np.float32 and out.vectors.shape == rec.vectors.shape
     assert out.weights.dtype == np.float64
@@ -90,13 +92,44 @@ def test_version_1_records_are_still_read():
         1700000003000, 3, 2, {"t.view:1": 41},
         [HistoryEntry("10", 1700000001000, 0), HistoryEntry("20", 1700000003000, 2)], [1, 0, 1], 1700000009000, [],
     )
-    assert decode_profile(encode_profile(rec)) == rec  # re-encoded as the current version
+    assert decode_profile(encode_profile(rec), encode_history(rec)) == rec  # re-encoded as the current version
+
+
+#: A version-2 record (float16 vectors, history and two event-id hashes inside): must stay readable.
+PROFILE_V2_HEX = (
+    "020300752d32b873e5cf8b01000003000000000000000200000000000000288be5cf8b01000002000400000001003800bd004200001914"
+    "0040004400c8000000000000f83f00000000000002400301000000000000000000000000000000010000000000000001000800742e7669"
+    "65773a3129000000000000000200000000020231303230e86be5cf8b010000d00700000002020007000000000000000500000000000080"
+)
+
+
+def test_version_2_records_are_still_read():
+    rec = decode_profile(bytes.fromhex(PROFILE_V2_HEX))
+    want_vectors = np.array([[0.5, -1.25, 3.0, 0.0], [1e-3, 2, 4, -8]], np.float32).astype(np.float16).astype(np.float32)
+    assert rec == ProfileRecord(
+        "u-2", want_vectors, np.array([1.5, 2.25]), 1700000003000, 3, 2, {"t.view:1": 41},
+        [HistoryEntry("10", 1700000001000, 0), HistoryEntry("20", 1700000003000, 2)], [1, 0, 1], 1700000009000,
+        [7, 2**63 + 5],
+    )
+    assert decode_profile(encode_profile(rec), encode_history(rec)) == rec
+    # a separate history record wins over the one inside an old profile record
+    newer = make_profile(history=3)
+    newer.recent_ids = [9]
+    assert decode_profile(bytes.fromhex(PROFILE_V2_HEX), encode_history(newer)).history == newer.history
+
+
+def test_history_lives_outside_the_profile_record():
+    rec = make_profile(dim=4, history=5)
+    rec.recent_ids = [1, 2]
+    alone = decode_profile(encode_profile(rec))
+    assert alone.history == [] and alone.recent_ids == []
+    assert decode_history(encode_history(rec)) == (rec.history, [1, 2])
 
 
 @settings(max_examples=100, deadline=None)
 @given(profiles())
 def test_float16_vectors_round_trip_within_half_precision(rec):
-    out = decode_profile(encode_profile(rec, vector_dtype="float16"))
+    out = decode_profile(encode_profile(rec, vector_dtype="float16"), encode_history(rec))
     assert out.vectors.dtype == np.float32
     if rec.vectors.size and np.abs(rec.vectors).max() > 65504:  # beyond float16: kept as float32
         np.testing.assert_array_equal(out.vectors, rec.vectors)
@@ -148,6 +181,7 @@ def test_float64_input_is_stored_as_float32():
     ("encode", "decode", "rec", "version"),
     [
         (encode_profile, decode_profile, make_profile(), PROFILE_VERSION),
+        (encode_history, decode_history, make_profile(history=4), HISTORY_VERSION),
         (encode_item, decode_item, make_item(), ITEM_VERSION),
     ],
 )
@@ -176,7 +210,7 @@ def test_invalid_utf8_raises_record_error():
 def test_empty_history_and_unicode_ids():
     rec = make_profile(user_id="użytkownik-😀", history=0)
     rec.applied = {"tópico:0": 3}
-    assert decode_profile(encode_profile(rec)) == rec
+    assert decode_profile(encode_profile(rec), encode_history(rec)) == rec
 
 
 def test_bad_shapes_are_rejected_at_encode():
@@ -187,28 +221,30 @@ def test_bad_shapes_are_rejected_at_encode():
 
 
 def test_profile_size_at_dim_384(capsys):
-    """The size budget: dim 384, 2 horizons, 50 history entries, 3 applied partitions.
+    """The size budget: dim 384, 2 horizons, 3 applied partitions; the history apart.
 
-    MovieLens ids ("1".."1682") and ids like "item-000123" bracket the history's share.
+    The profile record does not grow with the history: float16 keeps it under 2 KB. MovieLens
+    ids ("1".."1682") and ids like "item-000123" bracket the history record's size.
     """
     short = make_profile(dim=384, horizons=2, history=50)
     long = make_profile(dim=384, horizons=2, history=50)
     long.history = [HistoryEntry(f"item-{i:06d}", h.ts_ms, h.kind) for i, h in enumerate(long.history)]
-    fixed = 1 + 2 + 2 + 4 * 8 + 2 + 4 + 1 + 2  # version, user id, 4 int64s, H, dim, dtype, recent ids
+    fixed = 1 + 2 + 2 + 4 * 8 + 2 + 4 + 1  # version, user id, 4 int64s, H, dim, dtype
     arrays = 2 * 384 * 4 + 2 * 8 + 1 + 3 * 8  # vectors, weights, kind counts
     applied = 2 + sum(2 + len(k) + 8 for k in short.applied)
-    history_hdr = 4 + 1 + 8  # count, flags, first ts
-    ids = sum(len(h.item_id) for h in short.history)
-    expected_short = fixed + arrays + applied + history_hdr + 50 * (1 + 1) + 49 * 4 + ids
-    size_short, size_long = len(encode_profile(short)), len(encode_profile(long))
-    assert size_short == expected_short
-    assert size_long == expected_short - ids + 50 * len("item-000000")
+    size_f32 = len(encode_profile(short))
+    assert size_f32 == fixed + arrays + applied == len(encode_profile(long))
     size_f16 = len(encode_profile(short, vector_dtype="float16"))
-    assert size_f16 == size_short - 2 * 384 * 2
+    assert size_f16 == size_f32 - 2 * 384 * 2
+    assert size_f16 <= 2048
+
+    ids = sum(len(h.item_id) for h in short.history)
+    history_fixed = 1 + 4 + 1 + 8 + 2  # version, count, flags, first ts, recent-id count
+    history_short = history_fixed + 50 * (1 + 1) + 49 * 4 + ids
+    assert len(encode_history(short)) == history_short
+    assert len(encode_history(long)) == history_short - ids + 50 * len("item-000000")
     short.recent_ids = list(range(32))
-    size_f16_ids = len(encode_profile(short, vector_dtype="float16"))
-    assert size_f16_ids == size_f16 + 32 * 8
+    assert len(encode_history(short)) == history_short + 32 * 8
     with capsys.disabled():
-        print(f"\nprofile record, dim 384 x 2 horizons, 50 history: {size_short} B (MovieLens ids), "
-              f"{size_long} B (11-byte ids); float16 vectors: {size_f16} B, + 32 event ids: {size_f16_ids} B")
-    assert size_long <= 4096 and size_f16 <= 2560
+        print(f"\nprofile record, dim 384 x 2 horizons: {size_f32} B (float32), {size_f16} B (float16); "
+              f"history record, 50 entries + 32 event ids: {len(encode_history(short))} B (MovieLens ids)")
