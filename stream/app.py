@@ -91,7 +91,7 @@ class WorkerContext:
             log.warning("stored item vectors come from another model: re-encoding the catalogue as it is read")
         else:
             for item in stored:
-                self.catalogue.upsert(item.item_id, item.vector)
+                self.catalogue.upsert(item.item_id, item.vector, item.attributes)
         self.reencoded: set[str] = set()
         self.processor = Processor(s, self.store, self.catalogue, self.encoder)
         log.info("worker opened store %s with %d items, encoder %s", s.store.path, len(self.catalogue), encoder.providers)
@@ -118,7 +118,7 @@ class WorkerContext:
             for (item, text), vector in zip(changed, vectors):
                 txn.put_item(ItemRecord(item.item_id, item.title, text, np.asarray(vector, np.float32), dict(item.attributes), stamp))
         for (item, _), vector in zip(changed, vectors):
-            self.catalogue.upsert(item.item_id, vector)
+            self.catalogue.upsert(item.item_id, vector, item.attributes)
         return len(changed)
 
 

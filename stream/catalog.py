@@ -95,12 +95,16 @@ def parse_item(payload: bytes | None, limits: LimitSettings) -> ItemMessage:
 
 
 class Catalogue:
-    """Item id ↔ row index and a contiguous (N, D) float32 matrix of unit embeddings."""
+    """Item id ↔ row index, a contiguous (N, D) float32 matrix of unit embeddings, and each
+    row's attributes (for the ranking's business rules, :mod:`stream.rerank`)."""
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
         self.ids: list[str] = []
         self.index: dict[str, int] = {}
+        self.attributes: list[dict[str, str | list[str]]] = []
+        #: +1 per upsert: lets callers cache what they derive from the rows.
+        self.version = 0
         self._rows: list[np.ndarray] = []
         self._matrix = np.zeros((0, dim), np.float32)
         self._dirty = False
@@ -115,7 +119,7 @@ class Catalogue:
         vectors = _with_residuals(encoder, items, encode_in_chunks(encoder, [item_text(i) for i in items], progress=progress))
         catalogue = cls(encoder.dim)
         for item, vector in zip(items, vectors):
-            catalogue.upsert(item.item_id, vector)
+            catalogue.upsert(item.item_id, vector, item.attributes)
         return catalogue
 
     def __len__(self) -> int:
@@ -124,16 +128,19 @@ class Catalogue:
     def __contains__(self, item_id: object) -> bool:
         return item_id in self.index
 
-    def upsert(self, item_id: str, vector: np.ndarray) -> None:
+    def upsert(self, item_id: str, vector: np.ndarray, attributes: dict[str, str | list[str]] | None = None) -> None:
         vector = np.asarray(vector, np.float32).reshape(self.dim)
         row = self.index.get(item_id)
         if row is None:
             self.index[item_id] = len(self.ids)
             self.ids.append(item_id)
             self._rows.append(vector)
+            self.attributes.append(dict(attributes or {}))
         else:
             self._rows[row] = vector
+            self.attributes[row] = dict(attributes or {})
         self._dirty = True
+        self.version += 1
 
     @property
     def matrix(self) -> np.ndarray:

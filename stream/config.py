@@ -238,6 +238,17 @@ class RankingSettings(_Section):
     blend: dict[str, float] = {"short": 0.5, "long": 0.5}
     because: int = Field(3, ge=0, le=20)
     exclude_seen: bool = True
+    #: Item attribute → values never recommended, e.g. ``{"genres": ["Horror"]}`` (case-insensitive).
+    exclude: dict[str, list[str]] = {}
+    #: Added to the score of an item published just now, halving every ``fresh_half_life_s``.
+    fresh_boost: float = Field(0.0, ge=0.0)
+    fresh_half_life_s: float = Field(7 * 86_400.0, gt=0)
+    #: The item attribute holding its publication time: a year, an ISO-8601 date or epoch seconds.
+    fresh_attribute: str = "published"
+    #: MMR trade-off: 0 ranks by relevance alone, towards 1 favours items unlike those above them.
+    diversity: float = Field(0.0, ge=0.0, lt=1.0)
+    #: Candidates the diversity re-ranking chooses from (at least ``k``).
+    diversity_pool: int = Field(50, ge=1, le=10_000)
 
 
 class TuneSettings(_Section):

@@ -30,6 +30,7 @@ from stream.config import EVENT_KINDS, Settings
 from stream.events import Event
 from stream.profile import apply_events
 from stream.ranking import blend_queries, explain_rows, iter_blocks, score, top_k
+from stream.rerank import excluded_rows, freshness, mmr, published_ms
 from stream.windows import UserWindow
 
 __all__ = ["FlushResult", "Processor", "TextEncoder"]
@@ -76,6 +77,8 @@ class Processor:
             self.half_lives_ms = np.array([settings.profile.half_lives_s[h] * 1000.0 for h in self.horizons])
             self.blend = np.array([settings.ranking.blend.get(h, 0.0) for h in self.horizons])
             self.kind_weights = np.array([settings.profile.kind_weights[k] for k in EVENT_KINDS])
+        #: (catalogue version, excluded rows, publication times) for :meth:`_business_rules`.
+        self._rule_columns: tuple[int, np.ndarray, np.ndarray] = (-1, np.zeros(0, bool), np.zeros(0))
         lateness = settings.windows.allowed_lateness_s
         self.lateness_ms = None if lateness is None else int(lateness * 1000)
 
@@ -231,13 +234,36 @@ class Processor:
         The one scoring function: the worker takes its top-K (:meth:`top_rows`), replay the
         target's rank.
         """
-        return score(self.queries(profiles), self.catalogue.matrix, exclude)
+        return self._business_rules(profiles, score(self.queries(profiles), self.catalogue.matrix, exclude))
+
+    def _business_rules(self, profiles: list[ProfileRecord], scores: np.ndarray) -> np.ndarray:
+        """``ranking.exclude`` (-inf) and ``ranking.fresh_boost`` (added, at each user's last event time)."""
+        r = self.settings.ranking
+        if not r.exclude and not r.fresh_boost:
+            return scores
+        if self._rule_columns[0] != self.catalogue.version:
+            attrs = self.catalogue.attributes
+            published = np.array([published_ms(a.get(r.fresh_attribute)) for a in attrs], np.float64)
+            self._rule_columns = (self.catalogue.version, excluded_rows(attrs, r.exclude), published)
+        _, banned, published = self._rule_columns
+        if banned.any():
+            scores[:, banned] = -np.inf
+        if r.fresh_boost:
+            now = np.array([p.last_ts_ms for p in profiles], np.float64)
+            scores += np.float32(r.fresh_boost) * freshness(published, now, r.fresh_half_life_s)
+        return scores
 
     def top_rows(self, profiles: list[ProfileRecord], seen: dict[str, set[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
         """(U, k) best catalogue rows and scores: :meth:`score_rows` in blocks of users, so
-        a flush holds at most ``ranking.BLOCK_USERS`` × N scores whatever its size."""
+        a flush holds at most ``ranking.BLOCK_USERS`` × N scores whatever its size. With
+        ``ranking.diversity`` the best ``diversity_pool`` are re-ordered by MMR first."""
         exclude = [self.catalogue.indices(seen.get(p.user_id, set())) for p in profiles]
-        parts = [top_k(self.score_rows(profiles[b], exclude[b]), k) for b in iter_blocks(len(profiles))]
+        diversity = self.settings.ranking.diversity
+        pool = max(k, self.settings.ranking.diversity_pool) if diversity else k
+        parts = []
+        for b in iter_blocks(len(profiles)):
+            rows, scores = top_k(self.score_rows(profiles[b], exclude[b]), pool)
+            parts.append(mmr(rows, scores, self.catalogue.matrix, k, diversity) if diversity else (rows, scores))
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def queries(self, profiles: list[ProfileRecord]) -> np.ndarray:
