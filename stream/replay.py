@@ -108,12 +108,15 @@ def run_replay(
     baselines: list[Baseline] | None = None,
     progress: Callable[[int], None] | None = None,
     keep_ranks: bool = False,
+    observe: Callable[[str, str, np.ndarray, int], None] | None = None,
 ) -> dict[str, Any]:
     """Replay ``events`` (sorted by event time) and return the metrics report as a dict.
 
     With ``keep_ranks`` the result also holds ``ranks`` (per model, every test target's
     0-based rank), ``eval_months`` (the month of each test evaluation) and ``scores``
     (recstream's score of each test target and of its K-th best item), for reports.
+    ``observe(role, model, scores, target_row)`` sees every evaluation's (N,) scores, seen
+    items at -inf, in the same order for every model (for studies such as ``bench.hybrid``).
     """
     started = time.perf_counter()
     k = settings.ranking.k
@@ -162,6 +165,8 @@ def run_replay(
                             s[exclude] = -np.inf
                             top = np.argpartition(-s, k - 1)[:k] if n_items > k else np.arange(n_items)
                             evaluation.acc[role][b.name].add(rank_of_targets(s[None, :], np.array([row])), top)
+                            if observe is not None:
+                                observe(role, b.name, s, row)
                         if role == "test":
                             evaluation.history_seg.append(history_segment(prior[user]))
                             evaluation.time_seg.append(datetime.fromtimestamp(e.ts_ms / 1000, timezone.utc).strftime("%Y-%m"))
@@ -182,8 +187,10 @@ def run_replay(
                 top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if n_items > k else np.tile(np.arange(n_items), (len(ranks), 1))
                 target_scores = scores[np.arange(len(target_rows)), target_rows]
                 kth_scores = np.take_along_axis(scores, top, axis=1).min(axis=1)
-                for role, rank, row_top, ts_, kth in zip(evaluated[part], ranks, top, target_scores, kth_scores):
+                for j, (role, rank, row_top, ts_, kth) in enumerate(zip(evaluated[part], ranks, top, target_scores, kth_scores)):
                     evaluation.acc[role]["recstream"].add(np.array([rank]), row_top)
+                    if observe is not None:
+                        observe(role, "recstream", scores[j], int(target_rows[j]))
                     if role == "test":
                         evaluation.scores["target"].append(float(ts_))
                         evaluation.scores["kth"].append(float(kth))

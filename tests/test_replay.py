@@ -13,6 +13,7 @@ from stream.catalog import Catalogue
 from stream.config import load_settings
 from stream.events import Event
 from stream.profile import normalised
+from stream.metrics import rank_of_targets
 from stream.replay import LeakageError, run_replay
 
 DIM, CLUSTERS, PER_CLUSTER = 16, 4, 12
@@ -122,3 +123,16 @@ def test_report_writes_markdown_html_and_plots(settings, tmp_path):
     for name in ("hr_by_time.png", "hr_by_history.png", "rank_distribution.png", "score_distribution.png"):
         assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f'<img src="{name}">' in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_observe_sees_every_evaluation_of_every_model_in_one_order(settings):
+    catalogue, events = clustered_world(5)
+    seen: dict[tuple[str, str], list[tuple[np.ndarray, int]]] = {}
+    result = run_replay(settings, events, catalogue, protocol="leave-last-out", keep_ranks=True,
+                        observe=lambda role, name, s, t: seen.setdefault((role, name), []).append((s.copy(), t)))
+    for name, ranks in result["ranks"].items():
+        observed = seen["test", name]
+        assert [t for _, t in observed] == [t for _, t in seen["test", "recstream"]]  # same targets, same order
+        # the reported ranks are recomputable from the observed scores
+        assert [float(rank_of_targets(s[None, :], np.array([t]))[0]) for s, t in observed] == list(ranks)
+    assert len(seen["valid", "recstream"]) == len(seen["test", "recstream"]) == 40
