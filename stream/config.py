@@ -214,6 +214,8 @@ class ProfileSettings(_Section):
 
     half_lives_s: dict[str, float] = {"short": 86_400.0, "long": 30 * 86_400.0}
     kind_weights: dict[str, float] = {"view": 1.0, "click": 2.0, "purchase": 4.0}
+    #: Share of an event's own ``text`` (review, query) in what an event on a known item adds.
+    event_text_weight: float = Field(0.5, ge=0.0, le=1.0)
 
     @field_validator("half_lives_s")
     @classmethod

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import numpy as np
@@ -113,20 +114,27 @@ class Processor:
         return replace(rec, vectors=vectors, weights=weights, last_ts_ms=last)
 
     def embedding(self, event: Event, text_vectors: dict[str, np.ndarray]) -> np.ndarray | None:
-        """The vector an event contributes: its item's, else its text's, else None (rejected)."""
-        row = self.catalogue.index.get(event.item_id)
-        if row is not None:
-            return self.catalogue.matrix[row]
-        if event.text and event.text in text_vectors:
-            return text_vectors[event.text]
-        return None
+        """The vector an event contributes, None if it has none (rejected).
 
-    def fold(self, rec: ProfileRecord, event: Event) -> ProfileRecord:
-        """A copy of ``rec`` with one known-item event applied (what a flush would store).
+        A known item's vector, mixed with the event's own text (a review, the query that led
+        to it) at ``profile.event_text_weight``; an unknown item's text alone (a search query
+        sent as an event with an item id of its own); else None.
+        """
+        row = self.catalogue.index.get(event.item_id)
+        text = text_vectors.get(event.text) if event.text else None
+        if row is not None:
+            item = self.catalogue.matrix[row]
+            alpha = self.settings.profile.event_text_weight
+            return item if text is None or not alpha else (1.0 - alpha) * item + alpha * text
+        return text
+
+    def fold(self, rec: ProfileRecord, event: Event, text_vectors: dict[str, np.ndarray] | None = None) -> ProfileRecord:
+        """A copy of ``rec`` with one event applied (what a flush would store); events with
+        text need ``text_vectors`` from :meth:`text_vectors`, as in the flush.
 
         Replay uses it to rank each event against the exact state just before it.
         """
-        vector = self.embedding(event, {})
+        vector = self.embedding(event, text_vectors or {})
         if vector is None:
             return rec
         vectors, weights, last = apply_events(
@@ -139,11 +147,10 @@ class Processor:
                                     self.settings.store.history_len)
         return replace(rec, vectors=vectors, weights=weights, last_ts_ms=last, history=history)
 
-    def _text_vectors(self, windows: list[UserWindow[Any]]) -> dict[str, np.ndarray]:
-        """Embed the texts of events whose item is unknown: one encoder call per flush."""
-        texts = sorted(
-            {e.text for w in windows for e in w.events if e.item_id not in self.catalogue and e.text}
-        )
+    def text_vectors(self, events: Iterable[Event]) -> dict[str, np.ndarray]:
+        """Embed the texts :meth:`embedding` will use among ``events``: one encoder call."""
+        with_items = self.settings.profile.event_text_weight > 0
+        texts = sorted({e.text for e in events if e.text and (with_items or e.item_id not in self.catalogue)})
         if not texts or self.encoder is None:
             return {}
         return dict(zip(texts, self.encoder.encode(texts)))
@@ -153,7 +160,7 @@ class Processor:
         result = FlushResult()
         if not windows:
             return result
-        text_vectors = self._text_vectors(windows)
+        text_vectors = self.text_vectors(e for w in windows for e in w.events)
         history_len = self.settings.store.history_len
         dedupe_ids = self.settings.store.dedupe_ids
         updated: list[ProfileRecord] = []

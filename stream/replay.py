@@ -142,6 +142,7 @@ def run_replay(
             with store.read() as txn:
                 stored = txn.get_profiles(eval_users)
             state = {u: stored.get(u) or processor.new_profile(u) for u in eval_users}
+            texts = processor.text_vectors(events[i] for i in chunk)  # event texts, as the flush embeds them
             snapshots, excludes, targets, evaluated = [], [], [], []
             for i in chunk:  # sequential test-then-train, exact per event
                 e = events[i]
@@ -177,7 +178,7 @@ def run_replay(
                         b.update(user, row, e.ts_ms)
                     seen_rows[user].add(row)
                 if user in state:
-                    state[user] = processor.fold(state[user], e)
+                    state[user] = processor.fold(state[user], e, texts)
                 prior[user] += 1
                 applied_until = max(applied_until, e.ts_ms)
             for part in iter_blocks(len(snapshots)):  # the worker's scoring, in its blocks
