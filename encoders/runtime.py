@@ -186,4 +186,5 @@ def load_encoder(settings: EncoderSettings) -> OnnxTextEncoder:
     from encoders.export import ensure_exported
 
     directory = ensure_exported(settings.model, settings.cache_dir, settings.variant)
-    return OnnxTextEncoder(directory, provider=settings.provider, max_length=settings.max_length, batch_size=settings.batch_size)
+    return OnnxTextEncoder(directory, provider=settings.provider, max_length=settings.max_length, batch_size=settings.batch_size,
+                           threads=settings.threads, max_batch_tokens=settings.max_batch_tokens)

@@ -140,6 +140,11 @@ class EncoderSettings(_Section):
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     max_length: int = Field(128, ge=8, le=8192)
     batch_size: int = Field(64, ge=1, le=65536)
+    #: onnxruntime intra-op threads; None: every CPU the OS reports (set it below the
+    #: container's CPU limit, or when several workers share a machine).
+    threads: int | None = Field(None, ge=1, le=1024)
+    #: Padded tokens (rows × longest text) per onnxruntime call; None: 1024 on CPU, 262,144 on CUDA.
+    max_batch_tokens: int | None = Field(None, ge=8)
     cache_dir: Path = Field(default_factory=default_cache_dir)
 
 

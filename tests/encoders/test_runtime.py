@@ -110,6 +110,11 @@ def test_load_encoder_from_settings(cache_dir, fp32_dir, encoder):
     loaded = load_encoder(EncoderSettings(cache_dir=cache_dir, provider="cpu", max_length=64, batch_size=8))
     assert loaded.export_dir == fp32_dir and loaded.model_id == encoder.model_id
     assert loaded.max_length == 64 and loaded.batch_size == 8 and loaded.dim == 384
+    assert loaded.max_batch_tokens == 1024  # the CPU default
+    tuned = load_encoder(EncoderSettings(cache_dir=cache_dir, provider="cpu", threads=1, max_batch_tokens=256))
+    assert tuned.max_batch_tokens == 256
+    assert tuned.session.get_session_options().intra_op_num_threads == 1
+    np.testing.assert_allclose(tuned.encode(SENTENCES[:20]), encoder.encode(SENTENCES[:20]), atol=1e-5)
 
 
 def test_io_binding_path_gives_the_same_vectors(fp32_dir, encoder, varied):
