@@ -170,10 +170,7 @@ def encoders_tune(obj: _Obj, dataset, events_path, items_path, source, out, epoc
     from stream.catalog import item_text
     from stream.sources import dataset_source, file_source
 
-    if (dataset is None) == (events_path is None):
-        raise click.UsageError("give exactly one of --dataset or --events (with --items)")
-    if events_path is not None and items_path is None:
-        raise click.UsageError("--events needs --items (the catalogue)")
+    _one_source(dataset, events_path, items_path)
     settings = obj.settings(tune={"epochs": epochs, "max_minutes": max_minutes, "holdout_items": holdout_items, "seed": seed})
     events, items = dataset_source(dataset, settings, source) if dataset else file_source(events_path, items_path, settings)
     if until is not None:
@@ -474,10 +471,7 @@ def replay(obj: _Obj, dataset, events_path, items_path, source, protocol, k, as_
     from stream.report import print_report
     from stream.sources import dataset_source, file_source, kafka_source
 
-    if sum(x is not None and x is not False for x in (dataset, events_path, from_kafka or None)) != 1:
-        raise click.UsageError("give exactly one of --dataset, --events (with --items) or --from-kafka")
-    if events_path is not None and items_path is None:
-        raise click.UsageError("--events needs --items (the catalogue)")
+    _one_source(dataset, events_path, items_path, from_kafka)
     if to_kafka and from_kafka:
         raise click.UsageError("--to-kafka republishes a dataset or file, not the broker's own topics")
     settings = obj.settings(ranking={"k": k} if k else {})
@@ -508,6 +502,15 @@ def replay(obj: _Obj, dataset, events_path, items_path, source, protocol, k, as_
         click.echo(orjson.dumps(result).decode())
     else:
         print_report(result)
+
+
+def _one_source(dataset: str | None, events_path: Path | None, items_path: Path | None, from_kafka: bool | None = None) -> None:
+    """Exactly one history source (``from_kafka`` None: the command has no ``--from-kafka``)."""
+    names = ["--dataset", "--events (with --items)"] + (["--from-kafka"] if from_kafka is not None else [])
+    if sum((dataset is not None, events_path is not None, bool(from_kafka))) != 1:
+        raise click.UsageError(f"give exactly one of {', '.join(names[:-1])} or {names[-1]}")
+    if events_path is not None and items_path is None:
+        raise click.UsageError("--events needs --items (the catalogue)")
 
 
 def _ts_arg(value: str) -> str | int:
