@@ -79,6 +79,10 @@ class WorkerContext:
         from encoders import CachedEncoder, EmbeddingCache, load_encoder
 
         s = self.settings
+        if s.ranking.blas_threads is not None:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(s.ranking.blas_threads, user_api="blas")  # process-wide, kept
         self.store = LmdbStore(s.store.path, map_size_mb=s.store.map_size_mb, vector_dtype=s.store.vector_dtype)
         self.store.on_commit = self.metrics.observe_commit
         encoder = load_encoder(s.encoder)
