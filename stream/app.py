@@ -79,7 +79,7 @@ class WorkerContext:
         from encoders import CachedEncoder, EmbeddingCache, load_encoder
 
         s = self.settings
-        if s.ranking.blas_threads is not None:
+        if s.ranking.blas_threads:
             from threadpoolctl import threadpool_limits
 
             threadpool_limits(s.ranking.blas_threads, user_api="blas")  # process-wide, kept
