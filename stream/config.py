@@ -238,7 +238,8 @@ class RankingSettings(_Section):
     blend: dict[str, float] = {"short": 0.5, "long": 0.5}
     because: int = Field(3, ge=0, le=20)
     exclude_seen: bool = True
-    #: BLAS threads in the worker (scoring products); 0: the library's default, one per core. 1 because the event loop needs the other cores and idle BLAS threads spin:
+    #: BLAS threads in the worker (scoring products); 0: the library's default, one per
+    #: core. 1 because the event loop needs the other cores and idle BLAS threads spin:
     #: a third less CPU per event on 2 cores (BENCHMARKS.md, issue 6, 2026-11-25).
     blas_threads: int = Field(1, ge=0, le=256)
 
