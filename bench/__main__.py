@@ -1,5 +1,5 @@
 """Run benchmarks and print one JSON line per benchmark: ``python -m bench [NAME ...]``
-(names: scoring, store, encoders, e2e, soak; default: all)."""
+(names: scoring, store, encoders, flush, e2e, soak; default: all)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import sys
 
 from pathlib import Path
 
-from bench import e2e, encoders, scoring, soak, store
+from bench import e2e, encoders, flush, scoring, soak, store
 
 BENCHMARKS = {
     "scoring": lambda a: scoring.run(),
     "store": lambda a: store.run(),
     "encoders": lambda a: encoders.run(),
+    "flush": lambda a: flush.run(),
     "e2e": lambda a: e2e.run(events=a.events, latency_seconds=a.latency_seconds, profile=a.profile),
     "soak": lambda a: soak.run(seconds=a.soak_seconds, rate=a.soak_rate),
 }

@@ -21,10 +21,12 @@ def _name(frame: str) -> str:
     if not m:
         return frame.strip()
     path = m["file"]
-    for marker in ("site-packages/", "/wt-perf/", "/main/", "lib/python3.11/"):
+    for marker in ("site-packages/", "/main/", "lib/python3.11/"):
         if marker in path:
             path = path.split(marker, 1)[1]
             break
+    else:  # a git worktree of the project (/work/wt-NAME/stream/...)
+        path = re.sub(r"^.*/wt-[^/]+/", "", path)
     return f"{m['fn']} ({path})"
 
 

@@ -32,6 +32,7 @@ from stream.control import parse_control, publish_tombstones
 from stream.events import InvalidEvent, parse_event
 from stream.privacy import Pseudonymiser, guard_payload_logs
 from stream.processor import Processor
+from stream.produce import log_failures, send_batched
 from stream.telemetry import WorkerMetrics
 from stream.security import aiokafka_config, faust_credentials
 from stream.windows import UserWindow, WindowBuffer
@@ -78,6 +79,10 @@ class WorkerContext:
         from encoders import CachedEncoder, EmbeddingCache, load_encoder
 
         s = self.settings
+        if s.ranking.blas_threads:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(s.ranking.blas_threads, user_api="blas")  # process-wide, kept
         self.store = LmdbStore(s.store.path, map_size_mb=s.store.map_size_mb, vector_dtype=s.store.vector_dtype)
         self.store.on_commit = self.metrics.observe_commit
         encoder = load_encoder(s.encoder)
@@ -203,10 +208,12 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
                 topic, partition = event.source.rsplit(":", 1)
                 await send_dead_letter(_raw_of(windows, event), topic, int(partition), event.offset, reason)
             original = {w.user_id: w.handles[0].message.key for w in windows if w.handles}  # pseudonym -> id
+            records = []
             for rec in result.recommendations:
                 key = original.get(rec["user_id"]) or rec["user_id"].encode()
                 rec["user_id"] = key.decode()
-                await recommendations.send(key=key, value=orjson.dumps(rec))
+                records.append((None, key, orjson.dumps(rec)))
+            log_failures(await send_batched(app, s.topics.recommendations, records), "recommendations")
             for window in windows:
                 for handle in window.handles:
                     await ctx.stream.ack(handle)

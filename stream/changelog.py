@@ -37,6 +37,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from store import LmdbStore, ProfileRecord, decode_changelog, encode_changelog
+from stream.produce import send_batched
 from stream.windows import UserWindow
 
 __all__ = ["Changelog", "RestoreStats", "advance_positions", "collect", "holds_more", "merge"]
@@ -159,12 +160,9 @@ class Changelog:
     async def publish(self, windows: list[UserWindow[Any]]) -> int:
         """Send the flushed users' profiles and wait until the broker has them all."""
         records = await self.run(collect, self.store, windows)
-        futures = [
-            await self.topic.send(key=key, value=value, partition=partition, force=True)  # force: no attaching to the event
-            for partition, key, value in records
-        ]
-        for meta in await asyncio.gather(*futures):
-            self._delivered[meta.partition] = max(self._delivered.get(meta.partition, 0), meta.offset + 1)
+        sent = await send_batched(self.topic.app, self.name, records)  # one batch per partition
+        for batch, meta in zip(sent, await asyncio.gather(*(b.future for b in sent))):
+            self._delivered[batch.partition] = max(self._delivered.get(batch.partition, 0), batch.next_offset(meta))
         if time.monotonic() - self._checkpointed >= self._checkpoint_s:
             await self.checkpoint()
         return len(records)

@@ -256,6 +256,10 @@ class RankingSettings(_Section):
     diversity: float = Field(0.0, ge=0.0, lt=1.0)
     #: Candidates the diversity re-ranking chooses from (at least ``k``).
     diversity_pool: int = Field(50, ge=1, le=10_000)
+    #: BLAS threads in the worker (scoring products); 0: the library's default, one per
+    #: core. 1 because the event loop needs the other cores and idle BLAS threads spin:
+    #: a third less CPU per event on 2 cores (BENCHMARKS.md, issue 6, 2026-11-25).
+    blas_threads: int = Field(1, ge=0, le=256)
 
 
 class TuneSettings(_Section):

@@ -29,8 +29,8 @@ from store import HistoryEntry, LmdbStore, ProfileRecord, event_id_hash
 from stream.catalog import Catalogue
 from stream.config import EVENT_KINDS, Settings
 from stream.events import Event
-from stream.profile import apply_events
-from stream.ranking import blend_queries, explain_rows, iter_blocks, score, top_k
+from stream.profile import apply_events, apply_one_each
+from stream.ranking import blend_queries, explain_positions, iter_blocks, score, top_k
 from stream.rerank import excluded_rows, freshness, mmr, published_ms
 from stream.windows import UserWindow
 
@@ -170,7 +170,34 @@ class Processor:
 
         with self.store.write() as txn:
             profiles = txn.get_profiles([w.user_id for w in windows])
+            pending: list[_Pending] = []  # users with new events, profile maths still to do
+            pending_users: set[str] = set()
+
+            def settle() -> None:
+                """Apply the pending users' events (batched) and stage their records."""
+                self._apply_pending(pending)
+                for rec, _, _, _, items in pending:
+                    if items:
+                        rec.history = _with_history(rec.history, [HistoryEntry(e.item_id, e.ts_ms, e.kind) for e in items], history_len)
+                        for e in items:
+                            rec.kind_counts[e.kind] += 1
+                            kinds[EVENT_KINDS[e.kind]] += 1
+                        rec.event_count += len(items)
+                        rec.version += 1
+                        txn.add_seen(rec.user_id, {e.item_id for e in items})
+                    rec.updated_ms = now_ms
+                    txn.put_profile(rec)
+                    if items:
+                        updated.append(rec)
+                        if recommend and self.settings.ranking.exclude_seen:
+                            seen[rec.user_id] = txn.get_seen(rec.user_id)
+                    result.applied += len(items)
+                pending.clear()
+                pending_users.clear()
+
             for window in windows:
+                if window.user_id in pending_users:
+                    settle()  # the same user twice in one flush: apply the first window first
                 rec = profiles.get(window.user_id) or self.new_profile(window.user_id)
                 rec = self.conform(rec)
                 applied = dict(rec.applied)
@@ -204,25 +231,10 @@ class Processor:
                     continue  # nothing new for this user (all duplicates)
                 rec.applied = applied
                 rec.recent_ids = recent[-dedupe_ids:] if dedupe_ids else []
-                if items:
-                    rec.vectors, rec.weights, rec.last_ts_ms = apply_events(
-                        rec.vectors, rec.weights, rec.last_ts_ms,
-                        np.vstack(vectors), np.asarray(weights), np.asarray(ts, np.int64), self.half_lives_ms,
-                    )
-                    rec.history = _with_history(rec.history, [HistoryEntry(e.item_id, e.ts_ms, e.kind) for e in items], history_len)
-                    for e in items:
-                        rec.kind_counts[e.kind] += 1
-                        kinds[EVENT_KINDS[e.kind]] += 1
-                    rec.event_count += len(items)
-                    rec.version += 1
-                    txn.add_seen(rec.user_id, {e.item_id for e in items})
-                rec.updated_ms = now_ms
-                txn.put_profile(rec)
-                if items:
-                    updated.append(rec)
-                    if recommend and self.settings.ranking.exclude_seen:
-                        seen[rec.user_id] = txn.get_seen(rec.user_id)
-                result.applied += len(items)
+                profiles[rec.user_id] = rec
+                pending.append((rec, vectors, weights, ts, items))
+                pending_users.add(rec.user_id)
+            settle()
             for source, offset in positions.items():
                 topic, partition = source.rsplit(":", 1)
                 txn.put_offset(topic, int(partition), offset)
@@ -234,6 +246,27 @@ class Processor:
         if recommend:
             result.recommendations = self.recommend(updated, seen)
         return result
+
+    def _apply_pending(self, pending: list[_Pending]) -> None:
+        """Fold each pending user's new events into its profile, in place: one batched
+        :func:`apply_one_each` for the users with exactly one event, :func:`apply_events`
+        per user for the others (same results either way, see apply_one_each)."""
+        single = [p for p in pending if len(p[4]) == 1]
+        if single:
+            vectors, weights, last = apply_one_each(
+                np.stack([rec.vectors for rec, *_ in single]), np.stack([rec.weights for rec, *_ in single]),
+                np.array([rec.last_ts_ms for rec, *_ in single], np.int64), np.vstack([v[0] for _, v, *_ in single]),
+                np.array([w[0] for _, _, w, _, _ in single], np.float64), np.array([t[0] for *_, t, _ in single], np.int64),
+                self.half_lives_ms,
+            )
+            for (rec, *_), v, w, t in zip(single, vectors, weights, last.tolist()):
+                rec.vectors, rec.weights, rec.last_ts_ms = v, w, t
+        for rec, vectors, weights, ts, items in pending:
+            if len(items) > 1:
+                rec.vectors, rec.weights, rec.last_ts_ms = apply_events(
+                    rec.vectors, rec.weights, rec.last_ts_ms,
+                    np.vstack(vectors), np.asarray(weights), np.asarray(ts, np.int64), self.half_lives_ms,
+                )
 
     def score_rows(self, profiles: list[ProfileRecord], exclude: list[np.ndarray]) -> np.ndarray:
         """(U, N) scores over catalogue rows, the ``exclude`` rows (seen items) at -inf.
@@ -289,33 +322,65 @@ class Processor:
         return self.adapter.query(vectors, recent_vectors, mask)
 
     def recommend(self, profiles: list[ProfileRecord], seen: dict[str, set[str]]) -> list[dict[str, Any]]:
-        """Top-K with ``because`` items for each profile; one matrix product per block of users."""
+        """Top-K with ``because`` items for each profile; one matrix product per block of users.
+
+        Ids, scores and ``because`` lists come out of whole-block arrays (one ``tolist``
+        each); only the records themselves are built per user.
+        """
         if not profiles or len(self.catalogue) == 0:
             return []
-        catalogue = self.catalogue
-        matrix = catalogue.matrix
         best, scores = self.top_rows(profiles, seen, self.settings.ranking.k)
-        ids = catalogue.ids
+        item_ids = np.asarray(self.catalogue.ids, dtype=object)
+        rounded = _round6(scores)
         out = []
         for b in iter_blocks(len(profiles)):
-            block = profiles[b]
-            kept = [rows[rows >= 0] for rows in best[b]]
-            history_ids = [list(dict.fromkeys(h.item_id for h in reversed(p.history) if h.item_id in catalogue)) for p in block]
-            because = explain_rows(matrix, kept, [catalogue.indices(h) for h in history_ids], self.settings.ranking.because)
-            for p, rows, row_scores, hist, why in zip(block, kept, scores[b].tolist(), history_ids, because):
+            block, rows = profiles[b], best[b]
+            kept = (rows >= 0).sum(axis=1).tolist()  # -1 (nothing left to rank) only trails
+            because = self._because(block, rows, item_ids)
+            for p, n, ids, row_scores, why in zip(block, kept, item_ids[np.maximum(rows, 0)].tolist(), rounded[b].tolist(), because):
                 out.append(
                     {
                         "user_id": p.user_id,
                         "ts": p.last_ts_ms,
-                        "items": [
-                            {"item_id": ids[r], "score": round(s, 6), "because": [hist[j] for j in w]}
-                            for r, s, w in zip(rows.tolist(), row_scores, why)
-                        ],
+                        "items": [{"item_id": i, "score": s, "because": w} for i, s, w in zip(ids[:n], row_scores, why)],
                         "event_count": p.event_count,
                         "profile_version": p.version,
                     }
                 )
         return out
+
+    def _because(self, block: list[ProfileRecord], rows: np.ndarray, item_ids: np.ndarray) -> list[list[list[str]]]:
+        """Per user and recommended row, the ids of the ``ranking.because`` most similar
+        distinct history items (newest first on ties), as :func:`stream.ranking.explain` picks them."""
+        index = self.catalogue.index
+        histories = [[i for i in dict.fromkeys([h.item_id for h in reversed(p.history)]) if i in index] for p in block]
+        m = max(map(len, histories), default=0)
+        n = min(self.settings.ranking.because, m)
+        if n <= 0 or rows.shape[1] == 0:
+            return [[[] for _ in range(rows.shape[1])] for _ in block]
+        hist = np.full((len(block), m), -1, np.int64)
+        for u, h in enumerate(histories):
+            hist[u, : len(h)] = [index[i] for i in h]
+        positions = explain_positions(self.catalogue.matrix, np.maximum(rows, 0), hist, n)
+        names = item_ids[np.maximum(hist, 0)]  # padding positions only sort after every real one
+        because = names[np.arange(len(block))[:, None, None], positions].tolist()
+        return [why if len(h) >= n else [w[: len(h)] for w in why] for why, h in zip(because, histories)]
+
+
+def _round6(scores: np.ndarray) -> np.ndarray:
+    """``round(s, 6)`` of every score, as float64 (what the JSON record shows).
+
+    For float32 scores ``s * 1e6`` is exact in float64 (24 + 14 significant bits), so
+    numpy's ``rint(s * 1e6) / 1e6`` rounds the same exact value half-to-even as Python's
+    ``round`` does and divides correctly: bit-identical, without a Python call per score.
+    """
+    if scores.dtype == np.float32:
+        return np.round(scores.astype(np.float64), 6)
+    return np.array([[round(s, 6) for s in row] for row in scores.tolist()], np.float64).reshape(scores.shape)
+
+
+#: A user with new events in a flush: (record, embeddings, event weights, event times, events).
+_Pending = tuple[ProfileRecord, list[np.ndarray], list[float], list[int], list[Event]]
 
 
 def _with_history(history: list[HistoryEntry], new: list[HistoryEntry], limit: int) -> list[HistoryEntry]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from stream.profile import normalised
 
-__all__ = ["BLOCK_USERS", "blend_queries", "explain", "explain_rows", "iter_blocks", "score", "top_k"]
+__all__ = ["BLOCK_USERS", "blend_queries", "explain", "explain_positions", "explain_rows", "iter_blocks", "score", "top_k"]
 
 #: Users scored per matrix product: 256 × 100,000 items × 4 B = 100 MB of scores at most.
 BLOCK_USERS = 256
@@ -109,23 +109,39 @@ def explain(
     return [[history_ids[j] for j in row] for row in best]
 
 
-def explain_rows(matrix: np.ndarray, rec_rows: Sequence[np.ndarray], history_rows: Sequence[np.ndarray], n: int) -> list[list[np.ndarray]]:
+def explain_rows(matrix: np.ndarray, rec_rows: Sequence[np.ndarray], history_rows: Sequence[np.ndarray], n: int) -> list[list[list[int]]]:
     """:func:`explain` for many users in one batched product, as catalogue rows.
 
     For user ``u`` and its ``j``-th recommended row, the positions (into ``history_rows[u]``)
     of the ``min(n, len(history_rows[u]))`` most similar history items, exactly as
     ``explain(matrix[rec_rows[u]], matrix[history_rows[u]], ..., n)`` orders them.
+    Plain lists (one ``tolist`` per call): the caller indexes Python lists of ids with them.
     """
     users = len(rec_rows)
     k = max((len(r) for r in rec_rows), default=0)
     m = max((len(h) for h in history_rows), default=0)
     if n <= 0 or k == 0 or m == 0:
-        return [[np.empty(0, np.int64) for _ in r] for r in rec_rows]
+        return [[[] for _ in r] for r in rec_rows]
     recs = np.zeros((users, k), np.int64)
     hist = np.full((users, m), -1, np.int64)
     for u, (r, h) in enumerate(zip(rec_rows, history_rows)):
         recs[u, : len(r)], hist[u, : len(h)] = r, h
+    n = min(n, m)
+    best = explain_positions(matrix, recs, hist, n).tolist()
+    out = []
+    for u, (r, h) in enumerate(zip(rec_rows, history_rows)):
+        rows = best[u][: len(r)]
+        out.append(rows if len(h) >= n else [row[: len(h)] for row in rows])
+    return out
+
+
+def explain_positions(matrix: np.ndarray, recs: np.ndarray, hist: np.ndarray, n: int) -> np.ndarray:
+    """(U, k, n) positions into each row of ``hist`` of the ``n`` history items most similar
+    to each of ``recs``, best first (ties: earlier position), padding (-1 rows) last.
+
+    :param recs: (U, k) catalogue rows of the recommended items (any valid row as padding).
+    :param hist: (U, m) catalogue rows of the users' distinct history items, -1 padded; n <= m.
+    """
     sims = matrix[recs] @ matrix[np.maximum(hist, 0)].transpose(0, 2, 1)  # (U, k, m)
     sims[np.broadcast_to((hist < 0)[:, None, :], sims.shape)] = -np.inf  # padding sorts last
-    best = np.argsort(-sims, axis=2, kind="stable")[:, :, : min(n, m)]
-    return [[best[u, j, : min(n, len(h))] for j in range(len(r))] for u, (r, h) in enumerate(zip(rec_rows, history_rows))]
+    return np.argsort(-sims, axis=2, kind="stable")[:, :, :n]

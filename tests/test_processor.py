@@ -114,3 +114,27 @@ def test_a_flush_of_more_users_than_a_scoring_block_ranks_each_as_if_alone(proce
         alone = processor.recommend([profiles[rec["user_id"]]], seen)[0]
         assert [i["item_id"] for i in rec["items"]] == [i["item_id"] for i in alone["items"]]
         assert not {i["item_id"] for i in rec["items"]} & seen[rec["user_id"]]
+
+
+def test_scores_round_like_python_round():
+    """Records show round(score, 6); the vectorised rounding must give the same floats."""
+    from stream.processor import _round6
+
+    rng = np.random.default_rng(3)
+    scores = np.concatenate([rng.uniform(-1, 1, 20_000), rng.integers(-10**6, 10**6, 5_000) / 1e6 + 5e-7,
+                             [0.0, -0.0, 1.0, -1.0, 0.5000005, 0.1234565]]).astype(np.float32).reshape(-1, 1)
+    got = _round6(scores).ravel().tolist()
+    assert got == [round(s, 6) for s in scores.ravel().tolist()]
+
+
+def test_a_user_twice_in_one_flush_gets_both_windows_in_order(processor):
+    """The profile maths of a flush is batched; a user's second window (a caller that passes
+    two) must still see the first one applied: counted once each, duplicates skipped."""
+    result = processor.flush([window("u", ["1", "2"]), window("v", ["3"]), window("u", ["2", "4"], first_offset=1)], now_ms=1)
+    assert (result.applied, result.duplicates) == (4, 1)
+    fresh = Processor(processor.settings, LmdbStore(processor.store.path.parent / "fresh.lmdb"), processor.catalogue)
+    fresh.flush([window("u", ["1", "2", "4"])], now_ms=1)
+    with processor.store.read() as a, fresh.store.read() as b:
+        got, want = a.get_profile("u"), b.get_profile("u")
+    assert got.event_count == 3 and got.applied == {"recstream.clicks:0": 2}
+    np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-6)

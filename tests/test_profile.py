@@ -3,7 +3,7 @@
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from stream.profile import apply_events, decay, normalised
+from stream.profile import apply_events, apply_one_each, decay, normalised
 
 HALF_LIVES = np.array([86_400_000.0, 30 * 86_400_000.0])
 DIM = 8
@@ -76,3 +76,21 @@ def test_late_event_does_not_move_the_reference_time():
 def test_normalised_keeps_zero_rows():
     out = normalised(np.array([[3.0, 4.0], [0.0, 0.0]], np.float32))
     np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 90 * 86_400_000), st.integers(0, 90 * 86_400_000),
+                          st.sampled_from([1.0, 2.0, 4.0]), st.integers(0, 19)), min_size=1, max_size=30))
+def test_apply_one_each_is_bit_identical_to_apply_events_per_user(users):
+    """The batched single-event path of a flush must store exactly what the per-user one would."""
+    rng = np.random.default_rng(len(users))
+    vectors = rng.normal(size=(len(users), 2, DIM)).astype(np.float32)
+    weights = rng.uniform(0, 5, size=(len(users), 2))
+    last = np.array([u[0] for u in users], np.int64)
+    got = apply_one_each(vectors, weights, last, ITEMS[[u[3] for u in users]], np.array([u[2] for u in users]),
+                         np.array([u[1] for u in users], np.int64), HALF_LIVES)
+    for i, (last_ts, ts, w, item) in enumerate(users):
+        want = apply_events(vectors[i], weights[i], last_ts, ITEMS[[item]], np.array([w]), np.array([ts], np.int64), HALF_LIVES)
+        assert got[0][i].tobytes() == want[0].tobytes() and got[0].dtype == want[0].dtype
+        assert got[1][i].tobytes() == want[1].tobytes()
+        assert int(got[2][i]) == want[2]
