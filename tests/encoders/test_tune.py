@@ -184,3 +184,36 @@ def test_an_adapter_without_facts_still_loads_and_adapts(tuned, tmp_path):
     text = np.zeros((1, loaded.dim), np.float32)
     adapted = loaded.adapt_items([item_id], text, [{"director": ["m.anyone"]}])
     np.testing.assert_array_equal(adapted[0], loaded.residuals[0])
+
+
+def test_the_worker_stores_facts_and_re_encodes_an_item_when_only_its_facts_change(tuned, ml_slice, cache_dir, tmp_path):
+    """Facts are part of a tuned item vector: the worker keeps them in the item record, re-encodes
+    on a facts-only change, and on restart recognises its stored vectors as this model's."""
+    from stream.app import WorkerContext
+    from stream.catalog import FACTS_KEY
+
+    _, _, items = ml_slice
+    _, out = tuned
+    settings = load_settings(encoder={"model": out, "cache_dir": cache_dir, "provider": "cpu"},
+                             store={"path": tmp_path / "store.lmdb"})
+    adapter = Adapter.load(out)
+    with_facts = [i for i in items if adapter.fact_part(i.facts) is not None][:3]
+    ctx = WorkerContext(settings)
+    ctx.open()
+    assert ctx.upsert_items(with_facts) == 3 and ctx.upsert_items(with_facts) == 0
+    item = with_facts[0]
+    with ctx.store.read() as txn:
+        record = txn.get_item(item.item_id)
+    assert record.attributes[FACTS_KEY] == item.facts and item_text(item) == record.text
+    assert FACTS_KEY not in ctx.catalogue.attributes[ctx.catalogue.index[item.item_id]]
+    before = ctx.catalogue.matrix[ctx.catalogue.index[item.item_id]].copy()
+    assert ctx.upsert_items([replace(item, facts={})]) == 1  # same text, other facts
+    after = ctx.catalogue.matrix[ctx.catalogue.index[item.item_id]]
+    np.testing.assert_allclose(before - after, adapter.fact_part(item.facts), atol=1e-5)
+    ctx.upsert_items([item])
+    ctx.store.close()
+    again = WorkerContext(settings)
+    again.open()
+    assert not again.stale_items  # the stored vectors (facts included) are this model's
+    np.testing.assert_allclose(again.catalogue.matrix[again.catalogue.index[item.item_id]], before, atol=1e-6)
+    again.store.close()
