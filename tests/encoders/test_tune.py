@@ -186,7 +186,7 @@ def test_an_adapter_without_facts_still_loads_and_adapts(tuned, tmp_path):
     np.testing.assert_array_equal(adapted[0], loaded.residuals[0])
 
 
-def test_the_worker_stores_facts_and_re_encodes_an_item_when_only_its_facts_change(tuned, ml_slice, cache_dir, tmp_path):
+def test_the_worker_stores_facts_and_re_encodes_an_item_when_only_its_facts_change(tuned, ml_slice, tmp_path):
     """Facts are part of a tuned item vector: the worker keeps them in the item record, re-encodes
     on a facts-only change, and on restart recognises its stored vectors as this model's."""
     from stream.app import WorkerContext
@@ -194,7 +194,7 @@ def test_the_worker_stores_facts_and_re_encodes_an_item_when_only_its_facts_chan
 
     _, _, items = ml_slice
     _, out = tuned
-    settings = load_settings(encoder={"model": out, "cache_dir": cache_dir, "provider": "cpu"},
+    settings = load_settings(encoder={"model": out, "cache_dir": tmp_path / "cache", "provider": "cpu"},
                              store={"path": tmp_path / "store.lmdb"})
     adapter = Adapter.load(out)
     with_facts = [i for i in items if adapter.fact_part(i.facts) is not None][:3]
@@ -212,8 +212,10 @@ def test_the_worker_stores_facts_and_re_encodes_an_item_when_only_its_facts_chan
     np.testing.assert_allclose(before - after, adapter.fact_part(item.facts), atol=1e-5)
     ctx.upsert_items([item])
     ctx.store.close()
+    ctx.encoder.cache.close()
     again = WorkerContext(settings)
     again.open()
     assert not again.stale_items  # the stored vectors (facts included) are this model's
     np.testing.assert_allclose(again.catalogue.matrix[again.catalogue.index[item.item_id]], before, atol=1e-6)
     again.store.close()
+    again.encoder.cache.close()
