@@ -8,6 +8,9 @@ cannot know (what people who watch one film also watch). Its parts:
 * here, in ``adapter.npz`` (numpy arrays only, loaded with ``allow_pickle=False``):
 
   - ``residuals``: a per-item correction for items seen in tuning, added to the text vector;
+  - ``fact_keys`` / ``fact_vectors`` (optional): a vector per ``relation\tentity`` pair shared
+    by tuned items; an item's vector gets the mean of its known pairs' vectors added, so an
+    item never seen in tuning is placed near the seen items it shares a director or cast with;
   - ``half_lives_s`` / ``kind_weights``: the profile horizons and event weights it was
     trained with (they replace the configured ones: the vectors only make sense with them);
   - ``positions``: weights of the user's most recent items by position (most recent first),
@@ -22,18 +25,26 @@ Scores are ``q · v_item``, so one matrix product ranks the catalogue, as for un
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from encoders.manifest import EncoderError
 
-__all__ = ["ADAPTER_FILE", "Adapter", "gelu"]
+__all__ = ["ADAPTER_FILE", "Adapter", "fact_key", "gelu"]
 
 ADAPTER_FILE = "adapter.npz"
 _ARRAYS = ("item_ids", "residuals", "horizons", "half_lives_s", "kind_weights", "positions",
            "q_w1", "q_b1", "q_w2", "q_b2", "q_skip")
+_OPTIONAL = ("fact_keys", "fact_vectors")  # adapters tuned without facts lack them
+
+
+def fact_key(relation: str, entity: str) -> str:
+    """The vocabulary key of one fact (tabs are no part of relation names or entity ids here)."""
+    return f"{relation}\t{entity}"
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -61,6 +72,8 @@ class Adapter:
     q_w2: np.ndarray  # (hidden, D)
     q_b2: np.ndarray  # (D,)
     q_skip: np.ndarray  # ((H+1)·D, D)
+    fact_keys: np.ndarray | None = None  # (V,) str, "relation\tentity"
+    fact_vectors: np.ndarray | None = None  # (V, D) float32
 
     @property
     def dim(self) -> int:
@@ -69,14 +82,30 @@ class Adapter:
     def residual_rows(self) -> dict[str, int]:
         return {str(i): n for n, i in enumerate(self.item_ids)}
 
-    def adapt_items(self, item_ids: list[str], text_vectors: np.ndarray) -> np.ndarray:
-        """Item vectors: the adapted text vector plus the item's residual when it has one."""
+    @cached_property
+    def fact_rows(self) -> dict[str, int]:
+        return {str(k): n for n, k in enumerate(self.fact_keys)} if self.fact_keys is not None else {}
+
+    def fact_part(self, facts: dict[str, list[str]]) -> np.ndarray | None:
+        """Mean vector of the item's known facts (None when it has none): the tuner's EmbeddingBag."""
+        index = self.fact_rows
+        rows = [r for relation, entities in facts.items() for e in entities if (r := index.get(fact_key(relation, e))) is not None]
+        return self.fact_vectors[rows].mean(axis=0, dtype=np.float32) if rows else None
+
+    def adapt_items(self, item_ids: list[str], text_vectors: np.ndarray,
+                    facts: Sequence[dict[str, list[str]]] | None = None) -> np.ndarray:
+        """Item vectors: the adapted text vector, plus the item's residual when it has one, plus
+        the mean of its known facts' vectors (``facts`` row-aligned with ``item_ids``)."""
         rows = self.residual_rows()
         out = np.array(text_vectors, np.float32, copy=True)
         for n, item_id in enumerate(item_ids):
             row = rows.get(item_id)
             if row is not None:
                 out[n] += self.residuals[row]
+            if facts is not None and self.fact_rows and facts[n]:
+                part = self.fact_part(facts[n])
+                if part is not None:
+                    out[n] += part
         return out
 
     def query(self, profile_vectors: np.ndarray, recent_vectors: np.ndarray, recent_mask: np.ndarray) -> np.ndarray:
@@ -96,7 +125,8 @@ class Adapter:
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / ADAPTER_FILE
-        np.savez(path, **{name: getattr(self, name) for name in _ARRAYS})
+        optional = {name: getattr(self, name) for name in _OPTIONAL if getattr(self, name) is not None}
+        np.savez(path, **{name: getattr(self, name) for name in _ARRAYS}, **optional)
         return path
 
     @classmethod
@@ -105,10 +135,14 @@ class Adapter:
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in _ARRAYS}
+                arrays.update({name: data[name] for name in _OPTIONAL if name in data.files})
         except (OSError, KeyError, ValueError) as exc:
             raise EncoderError(f"{path}: unreadable adapter ({exc})") from None
         adapter = cls(**arrays)
         d, h = adapter.dim, len(adapter.horizons)
         if adapter.residuals.shape[1:] != (d,) or adapter.q_skip.shape != ((h + 1) * d, d) or len(adapter.half_lives_s) != h:
             raise EncoderError(f"{path}: inconsistent adapter shapes")
+        if (adapter.fact_keys is None) != (adapter.fact_vectors is None) or (
+                adapter.fact_keys is not None and adapter.fact_vectors.shape != (len(adapter.fact_keys), d)):
+            raise EncoderError(f"{path}: inconsistent adapter fact shapes")
         return adapter

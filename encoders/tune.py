@@ -2,9 +2,11 @@
 
 What it learns (the item tower and the user tower the worker and replay then use unchanged):
 
-* item: ``v_i = head(text_i) + r_i``: an MLP head on the frozen encoder's text vector, plus a
-  residual ``r_i`` for items seen in tuning. Items never seen in tuning are embedded from
-  their text alone (cold start).
+* item: ``v_i = head(text_i) + r_i + mean_f e_f``: an MLP head on the frozen encoder's text
+  vector, plus a residual ``r_i`` for items seen in tuning, plus the mean of learned vectors
+  of the item's facts (``relation, entity`` pairs such as its director, shared by at least
+  ``tune.fact_min_items`` tuned items). Items never seen in tuning are embedded from their
+  text and facts (cold start).
 * user: the worker's own profile state. Each horizon ``h`` is the decayed sum
   ``sum_k w_kind(k) 2^(-(t - t_k)/tau_h) v_k`` (half-lives and kind weights learned), and a
   position-weighted sum of the most recent items gives the short-term signal; a query MLP
@@ -35,10 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from encoders.adapter import ADAPTER_FILE, Adapter
+from encoders.adapter import ADAPTER_FILE, Adapter, fact_key
 from encoders.manifest import EncoderError, file_sha256, read_manifest, verify, write_manifest
 
-__all__ = ["TrainingData", "TuneReport", "build_training_data", "tune"]
+__all__ = ["TrainingData", "TuneReport", "build_training_data", "fact_vocabulary", "tune"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class TuneReport:
     train_examples: int = 0
     items_seen: int = 0
     items_held_out: list[str] = field(default_factory=list)
+    fact_vocabulary: int = 0
     elapsed_s: float = 0.0
 
 
@@ -129,7 +132,28 @@ def build_training_data(
     return pack(train), pack(valid)
 
 
-def _model(torch, text: np.ndarray, trainable_items: np.ndarray, cfg: Any):
+def fact_vocabulary(item_facts: Sequence[dict[str, list[str]]], trainable: np.ndarray, min_items: int) -> list[str]:
+    """Fact keys shared by at least ``min_items`` tuned items, sorted (a fact of one item only
+    would be a second residual; one of held-out items only would never be trained)."""
+    counts: dict[str, int] = defaultdict(int)
+    for row in np.flatnonzero(trainable):
+        for key in {fact_key(r, e) for r, entities in item_facts[row].items() for e in entities}:
+            counts[key] += 1
+    return sorted(k for k, c in counts.items() if c >= min_items)
+
+
+def _fact_bags(item_facts: Sequence[dict[str, list[str]]], vocabulary: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """EmbeddingBag input over the whole catalogue: flat vocabulary rows and per-item offsets."""
+    index = {k: n for n, k in enumerate(vocabulary)}
+    flat, offsets = [], []
+    for facts in item_facts:
+        offsets.append(len(flat))
+        flat.extend(r for relation, entities in facts.items() for e in entities if (r := index.get(fact_key(relation, e))) is not None)
+    return np.array(flat, np.int64), np.array(offsets, np.int64)
+
+
+def _model(torch, text: np.ndarray, trainable_items: np.ndarray, cfg: Any,
+           bags: tuple[np.ndarray, np.ndarray] | None = None, n_facts: int = 0):
     """The two towers as one torch module (built lazily: importing this file needs no torch)."""
     nn = torch.nn
     n_items, width = text.shape
@@ -143,6 +167,12 @@ def _model(torch, text: np.ndarray, trainable_items: np.ndarray, cfg: Any):
             self.head = nn.Sequential(nn.Linear(width, cfg.hidden), nn.GELU(approximate="tanh"), nn.Linear(cfg.hidden, cfg.dim))
             self.skip = nn.Linear(width, cfg.dim, bias=False)
             self.residuals = nn.Parameter(torch.zeros(n_items, cfg.dim))
+            self.facts = None
+            if n_facts:
+                self.facts = nn.EmbeddingBag(n_facts, cfg.dim, mode="mean")
+                nn.init.zeros_(self.facts.weight)  # untrained facts change nothing
+                self.register_buffer("fact_flat", torch.from_numpy(bags[0]))
+                self.register_buffer("fact_offsets", torch.from_numpy(bags[1]))
             self.log_half_lives = nn.Parameter(torch.log(torch.tensor([cfg.half_lives_s[h] for h in horizons])))
             self.log_kind_weights = nn.Parameter(torch.zeros(N_KINDS))
             self.log_positions = nn.Parameter(torch.zeros(max(cfg.positions, 1)))
@@ -159,7 +189,10 @@ def _model(torch, text: np.ndarray, trainable_items: np.ndarray, cfg: Any):
                 # drop some items' residuals each step (DropoutNet): the text head must then
                 # stand on its own, which is all an item never seen in tuning has
                 keep = keep * (torch.rand_like(keep) >= cfg.residual_dropout)
-            return self.text_vectors(self.text) + self.residuals * keep
+            vectors = self.text_vectors(self.text) + self.residuals * keep
+            if self.facts is not None:  # an item without known facts gets an empty bag: zeros
+                vectors = vectors + self.facts(self.fact_flat, self.fact_offsets)
+            return vectors
 
         def query(self, items, rows, age_s, kind):
             present = (rows >= 0).to(items.dtype)
@@ -219,6 +252,7 @@ def tune(
     settings: Any,
     k: int = 10,
     progress: Callable[[dict[str, float]], None] | None = None,
+    item_facts: Sequence[dict[str, list[str]]] | None = None,
 ) -> TuneReport:
     """Train on ``events`` and write a tuned model directory to ``out_dir``.
 
@@ -226,6 +260,8 @@ def tune(
     :param text_vectors: (N, E) the base encoder's vectors of the items' texts.
     :param base_dir: the base encoder's fp32 export (its graph gets the item head appended).
     :param settings: :class:`stream.config.TuneSettings`.
+    :param item_facts: each item's facts (``relation → entity ids``), row-aligned; used when
+        ``settings.facts``.
     """
     import torch
 
@@ -249,7 +285,10 @@ def tune(
     # text head would learn to push exactly those texts down, and a new item would start
     # buried. Leave them out of the softmax, as if the catalogue did not have them yet.
     unknown = torch.from_numpy(np.flatnonzero(~trainable)) if not trainable.all() else None
-    model = _model(torch, np.asarray(text_vectors, np.float32), trainable, cfg)
+    vocabulary = fact_vocabulary(item_facts, trainable, cfg.fact_min_items) if cfg.facts and item_facts is not None else []
+    report.fact_vocabulary = len(vocabulary)
+    bags = _fact_bags(item_facts, vocabulary) if vocabulary else None
+    model = _model(torch, np.asarray(text_vectors, np.float32), trainable, cfg, bags, len(vocabulary))
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best_state, best_hr = None, -1.0
     deadline = started + cfg.max_minutes * 60
@@ -283,20 +322,24 @@ def tune(
             break
     model.load_state_dict(best_state)
     model.eval()
-    _write_model(torch, model, item_ids, trainable, cfg, Path(base_dir), Path(out_dir))
+    _write_model(torch, model, item_ids, trainable, cfg, Path(base_dir), Path(out_dir), vocabulary)
     report.elapsed_s = time.monotonic() - started
     (Path(out_dir) / "tuning.json").write_text(json.dumps({  # how it was made, for whoever deploys it
         "settings": cfg.model_dump(), "epochs": report.epochs, "best_epoch": report.best_epoch,
         "train_examples": report.train_examples, "items_seen": report.items_seen,
-        "items_held_out": report.items_held_out, "elapsed_s": round(report.elapsed_s, 1),
+        "items_held_out": report.items_held_out, "fact_vocabulary": report.fact_vocabulary,
+        "elapsed_s": round(report.elapsed_s, 1),
         "newest_event_ms": max(e.ts_ms for e in events),  # evaluations after this are out of sample
     }, indent=2))
     return report
 
 
-def _adapter(model, item_ids: list[str], trainable: np.ndarray, cfg: Any) -> Adapter:
+def _adapter(model, item_ids: list[str], trainable: np.ndarray, cfg: Any, vocabulary: list[str]) -> Adapter:
     sd = {name: t.detach().numpy() for name, t in model.state_dict().items()}
     rows = np.flatnonzero(trainable)
+    facts = {}
+    if vocabulary:
+        facts = {"fact_keys": np.array(vocabulary, dtype=str), "fact_vectors": sd["facts.weight"].astype(np.float32)}
     return Adapter(
         item_ids=np.array([item_ids[r] for r in rows], dtype=str),
         residuals=sd["residuals"][rows].astype(np.float32),
@@ -306,11 +349,11 @@ def _adapter(model, item_ids: list[str], trainable: np.ndarray, cfg: Any) -> Ada
         positions=np.exp(sd["log_positions"][: cfg.positions]).astype(np.float32),
         q_w1=sd["query_mlp.0.weight"].T.copy(), q_b1=sd["query_mlp.0.bias"].copy(),
         q_w2=sd["query_mlp.2.weight"].T.copy(), q_b2=sd["query_mlp.2.bias"].copy(),
-        q_skip=sd["query_skip.weight"].T.copy(),
+        q_skip=sd["query_skip.weight"].T.copy(), **facts,
     )
 
 
-def _write_model(torch, model, item_ids, trainable, cfg, base_dir: Path, out_dir: Path) -> None:
+def _write_model(torch, model, item_ids, trainable, cfg, base_dir: Path, out_dir: Path, vocabulary: list[str]) -> None:
     """model.onnx = base graph + item head; adapter.npz; manifest. Atomic (temp dir, rename)."""
     import onnx
     from onnx import compose
@@ -347,7 +390,7 @@ def _write_model(torch, model, item_ids, trainable, cfg, base_dir: Path, out_dir
         onnx.save(merged, str(tmp / "model.onnx"))
         head_path.unlink()
         shutil.copyfile(base_dir / base.tokenizer, tmp / base.tokenizer)
-        _adapter(model, item_ids, trainable, cfg).save(tmp)
+        _adapter(model, item_ids, trainable, cfg, vocabulary).save(tmp)
         manifest = replace(
             base, variant="fp32", dim=int(cfg.dim), onnx_sha256=file_sha256(tmp / "model.onnx"), source_stat="",
             adapter=ADAPTER_FILE, adapter_sha256=file_sha256(tmp / ADAPTER_FILE), base_onnx_sha256=base.onnx_sha256,

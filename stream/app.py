@@ -24,7 +24,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from store import ItemRecord, LmdbStore
-from stream.catalog import Catalogue, InvalidItem, ItemMessage, item_text, item_vectors, parse_item
+from stream.catalog import (Catalogue, InvalidItem, ItemMessage, item_text, item_vectors, parse_item,
+                            split_stored_attributes, stored_attributes)
 from stream.changelog import Changelog
 from stream.config import Settings
 from stream.deadletter import dead_letter, reason_category
@@ -96,7 +97,7 @@ class WorkerContext:
             log.warning("stored item vectors come from another model: re-encoding the catalogue as it is read")
         else:
             for item in stored:
-                self.catalogue.upsert(item.item_id, item.vector, item.attributes)
+                self.catalogue.upsert(item.item_id, item.vector, split_stored_attributes(item.attributes)[0])
         self.reencoded: set[str] = set()
         self.processor = Processor(s, self.store, self.catalogue, self.encoder)
         log.info("worker opened store %s with %d items, encoder %s", s.store.path, len(self.catalogue), encoder.providers)
@@ -112,7 +113,8 @@ class WorkerContext:
         with self.store.read() as txn:
             stored = {i.item_id: txn.get_item(i.item_id) for i in items}
         changed = [(i, t) for i, t in zip(items, texts)
-                   if (old := stored[i.item_id]) is None or old.text != t or (self.stale_items and i.item_id not in self.reencoded)]
+                   if (old := stored[i.item_id]) is None or old.text != t or old.attributes != stored_attributes(i)
+                   or (self.stale_items and i.item_id not in self.reencoded)]
         if self.stale_items:
             self.reencoded.update(i.item_id for i, _ in changed)
         if not changed:
@@ -121,7 +123,7 @@ class WorkerContext:
         stamp = now_ms()
         with self.store.write() as txn:
             for (item, text), vector in zip(changed, vectors):
-                txn.put_item(ItemRecord(item.item_id, item.title, text, np.asarray(vector, np.float32), dict(item.attributes), stamp))
+                txn.put_item(ItemRecord(item.item_id, item.title, text, np.asarray(vector, np.float32), stored_attributes(item), stamp))
         for (item, _), vector in zip(changed, vectors):
             self.catalogue.upsert(item.item_id, vector, item.attributes)
         return len(changed)
@@ -360,7 +362,7 @@ def _made_by_another_model(encoder: Any, stored: list[ItemRecord], sample: int =
         return False
     if any(item.vector.shape != (encoder.dim,) for item in probe):
         return True
-    messages = [ItemMessage(item.item_id, item.title, None, {}) for item in probe]
+    messages = [ItemMessage(item.item_id, item.title, None, {}, split_stored_attributes(item.attributes)[1]) for item in probe]
     fresh = item_vectors(encoder, messages, [item.text for item in probe])
     return not np.allclose(fresh, np.stack([item.vector for item in probe]), atol=1e-4)
 

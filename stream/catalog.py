@@ -6,14 +6,19 @@ is rebuilt lazily after upserts so ranking always sees one contiguous float32 ar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from stream.payloads import PayloadError, decode_object
 from stream.config import LimitSettings
 
-__all__ = ["Catalogue", "InvalidItem", "ItemMessage", "item_text", "item_vectors", "parse_item"]
+__all__ = ["FACTS_KEY", "Catalogue", "InvalidItem", "ItemMessage", "item_text", "item_vectors", "parse_item",
+           "split_stored_attributes", "stored_attributes"]
+
+#: Where an item record's attributes JSON keeps the item's facts (an attribute name items may not use).
+FACTS_KEY = "@facts"
 
 
 class InvalidItem(ValueError):
@@ -22,10 +27,27 @@ class InvalidItem(ValueError):
 
 @dataclass(slots=True, frozen=True)
 class ItemMessage:
+    """A catalogue item. ``facts`` (``relation → entity ids``, e.g. the director) are never
+    encoder text: a tuned model learns a vector per (relation, entity) shared by tuned items,
+    so a new item is linked to seen ones through them (:meth:`encoders.adapter.Adapter.adapt_items`)."""
+
     item_id: str
     title: str
     description: str | None
     attributes: dict[str, str | list[str]]
+    facts: dict[str, list[str]] = field(default_factory=dict)
+
+
+def stored_attributes(item: ItemMessage) -> dict[str, Any]:
+    """The attributes JSON of the item's LMDB record: its attributes, and its facts under
+    :data:`FACTS_KEY` when it has any (the record layout stays as it is)."""
+    return {**item.attributes, FACTS_KEY: item.facts} if item.facts else dict(item.attributes)
+
+
+def split_stored_attributes(stored: dict[str, Any]) -> tuple[dict[str, str | list[str]], dict[str, list[str]]]:
+    """Inverse of :func:`stored_attributes`: ``(attributes, facts)``."""
+    attributes = dict(stored)
+    return attributes, attributes.pop(FACTS_KEY, None) or {}
 
 
 def item_text(item: ItemMessage) -> str:
@@ -57,7 +79,9 @@ def item_vectors(encoder, items: list[ItemMessage], texts: list[str] | None = No
 
 def _with_residuals(encoder, items: list[ItemMessage], vectors: np.ndarray) -> np.ndarray:
     adapter = getattr(encoder, "adapter", None)
-    return adapter.adapt_items([i.item_id for i in items], vectors) if adapter is not None else vectors
+    if adapter is None:
+        return vectors
+    return adapter.adapt_items([i.item_id for i in items], vectors, [i.facts for i in items])
 
 
 def parse_item(payload: bytes | None, limits: LimitSettings) -> ItemMessage:
@@ -88,10 +112,38 @@ def parse_item(payload: bytes | None, limits: LimitSettings) -> ItemMessage:
         ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
         if not ok:
             raise InvalidItem(f"attribute {name!r} must be a string or a list of strings")
+    if FACTS_KEY in attributes:
+        raise InvalidItem(f"attribute name {FACTS_KEY!r} is reserved")
     text_len = len(title) + len(description or "") + sum(len(str(v)) for v in attributes.values())
     if text_len > limits.max_text_chars:
         raise InvalidItem(f"item text longer than {limits.max_text_chars} characters")
-    return ItemMessage(item_id, title, description, attributes)
+    return ItemMessage(item_id, title, description, attributes, _parse_facts(obj.get("facts"), limits))
+
+
+def _parse_facts(facts: object, limits: LimitSettings) -> dict[str, list[str]]:
+    """``{relation: entity id or [entity ids]}`` → ``{relation: [entity ids]}`` (repeats dropped).
+
+    Entity ids are ids (non-empty, at most ``limits.max_id_chars``); all relation names and
+    ids together count against ``limits.max_text_chars`` like the item's text.
+    """
+    if facts is None:
+        return {}
+    if not isinstance(facts, dict):
+        raise InvalidItem("facts must be an object of relation: entity id(s)")
+    out: dict[str, list[str]] = {}
+    size = 0
+    for relation, value in facts.items():
+        values = [value] if isinstance(value, str) else value
+        if not relation or not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+            raise InvalidItem(f"fact {relation!r} must be a non-empty string or a list of non-empty strings")
+        if any(len(v) > limits.max_id_chars for v in values):
+            raise InvalidItem(f"fact {relation!r} has an entity id longer than {limits.max_id_chars} characters")
+        size += len(relation) + sum(len(v) for v in values)
+        if values:
+            out[relation] = list(dict.fromkeys(values))
+    if size > limits.max_text_chars:
+        raise InvalidItem(f"facts longer than {limits.max_text_chars} characters")
+    return out
 
 
 class Catalogue:

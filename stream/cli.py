@@ -194,11 +194,12 @@ def encoders_tune(obj: _Obj, dataset, events_path, items_path, source, out, epoc
                       f"{row['valid_hr']:.4f}  NDCG {row['valid_ndcg']:.4f}  ({row['elapsed_s']:.0f} s)")
 
     report = tune(events, [i.item_id for i in items], vectors, base.export_dir, out, settings.tune,
-                  k=settings.ranking.k, progress=progress)
+                  k=settings.ranking.k, progress=progress, item_facts=[i.facts for i in items])
     if as_json:
         click.echo(orjson.dumps({"out": str(report.out_dir), "best_epoch": report.best_epoch, "epochs": report.epochs,
                                  "train_examples": report.train_examples, "items_seen": report.items_seen,
-                                 "items_held_out": report.items_held_out, "elapsed_s": round(report.elapsed_s, 1)}).decode())
+                                 "items_held_out": report.items_held_out, "fact_vocabulary": report.fact_vocabulary,
+                                 "elapsed_s": round(report.elapsed_s, 1)}).decode())
         return
     best = report.epochs[report.best_epoch]
     click.echo(f"tuned model written to {report.out_dir} (best epoch {report.best_epoch}: validation HR@{settings.ranking.k} "
@@ -276,7 +277,7 @@ def catalog_load(obj: _Obj, file: Path | None, dataset: str | None, source: Path
         from stream import movielens
 
         directory = movielens.fetch_ml100k(settings.encoder.cache_dir, source)
-        items = [movielens.item_message(i) for i in movielens.load_items(directory)]
+        items = movielens.item_messages(directory)
     else:
         items = [_json_line(file, n, line) for n, line in enumerate(file.read_text("utf-8").splitlines(), 1) if line.strip()]
     count = _produce(settings, publish_items, items)

@@ -290,6 +290,9 @@ class TuneSettings(_Section):
     residual_dropout: float = Field(0.2, ge=0, lt=1)
     #: Fraction of items kept out of tuning entirely (to measure item cold start).
     holdout_items: float = Field(0.0, ge=0, lt=1)
+    #: Learn a vector per item fact (relation, entity) shared by ``fact_min_items`` tuned items.
+    facts: bool = True
+    fact_min_items: int = Field(2, ge=1)
     seed: int = 0
 
 

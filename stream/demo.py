@@ -138,7 +138,7 @@ def run_demo(settings: Settings, *, limit: int | None, rate: float, source: Path
         console.print(f"[green]✓[/] broker: Tansu on {url} (memory storage)")
         ensure_topics(settings)
         producer = make_producer(settings)
-        publish_items(producer, settings.topics, [movielens.item_message(i) for i in items])
+        publish_items(producer, settings.topics, movielens.item_messages(data_dir))
         producer.flush()
         console.print(f"[green]✓[/] catalogue: {len(items)} items on {settings.topics.items}")
 

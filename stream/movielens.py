@@ -27,7 +27,9 @@ __all__ = [
     "Rating",
     "User",
     "fetch_ml100k",
+    "item_facts",
     "item_message",
+    "item_messages",
     "load_items",
     "load_kg",
     "load_ratings",
@@ -215,13 +217,53 @@ def load_kg(directory: Path) -> tuple[list[KgTriple], dict[str, str]]:
     return triples, links
 
 
-def item_message(item: MovieItem) -> dict[str, Any]:
-    """The catalogue message for the items topic (``year`` left out when unknown)."""
+#: Knowledge-graph relations kept as item facts (short name → Freebase relation). Awards are
+#: left out: their tails are per-film nomination records, shared by no other film.
+FACT_RELATIONS = {
+    "actor": "film.film.actor", "director": "film.film.directed_by", "writer": "film.film.written_by",
+    "producer": "film.film.produced_by", "genre": "film.film.genre", "language": "film.film.language",
+    "country": "film.film.country", "rating": "film.film.rating", "company": "film.film.production_companies",
+    "cinematographer": "film.film.cinematography", "subject": "film.film.subjects",
+    "sequel": "film.film.sequel", "prequel": "film.film.prequel",
+}
+#: Billing order is the file's order; the leads are what links films, the long tail is noise.
+MAX_ACTORS = 10
+
+
+def item_facts(triples: list[KgTriple], links: dict[str, str]) -> dict[str, dict[str, list[str]]]:
+    """``item_id → {relation: [entity ids]}`` for linked items, relations as in :data:`FACT_RELATIONS`
+    (at most :data:`MAX_ACTORS` actors, entities in file order without repeats)."""
+    short = {full: name for name, full in FACT_RELATIONS.items()}
+    items_of: dict[str, list[str]] = {}
+    for item_id, entity in links.items():
+        items_of.setdefault(entity, []).append(item_id)
+    facts: dict[str, dict[str, list[str]]] = {}
+    for t in triples:
+        name = short.get(t.relation)
+        for item_id in items_of.get(t.head, ()) if name else ():
+            values = facts.setdefault(item_id, {}).setdefault(name, [])
+            if t.tail not in values and (name != "actor" or len(values) < MAX_ACTORS):
+                values.append(t.tail)
+    return facts
+
+
+def item_message(item: MovieItem, facts: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """The catalogue message for the items topic (``year`` left out when unknown; ``facts``
+    only when given, see :func:`item_facts`)."""
     attributes: dict[str, Any] = {}
     if item.year:
         attributes["year"] = item.year
     attributes["genres"] = list(item.genres)
-    return {"item_id": item.item_id, "title": item.title, "attributes": attributes}
+    message = {"item_id": item.item_id, "title": item.title, "attributes": attributes}
+    if facts:
+        message["facts"] = facts
+    return message
+
+
+def item_messages(directory: Path) -> list[dict[str, Any]]:
+    """Every movie's catalogue message with its knowledge-graph facts, in item-id order."""
+    facts = item_facts(*load_kg(directory))
+    return [item_message(i, facts.get(i.item_id)) for i in load_items(directory)]
 
 
 def rating_event(r: Rating) -> dict[str, Any]:

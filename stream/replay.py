@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 Protocol = Literal["leave-last-out", "prequential"]
 MAX_CHUNK = 2000
 SEGMENTS = ("cold (<=5)", "6-20", "21-100", ">100")
-#: Item segments of a tuned model: targets seen in tuning, or embedded from their text alone.
-TUNED, COLD_ITEM = "seen in tuning", "cold item (text only)"
+#: Item segments of a tuned model: targets seen in tuning, or embedded from their text (and facts) alone.
+TUNED, COLD_ITEM = "seen in tuning", "cold item (not seen in tuning)"
 
 
 class LeakageError(RuntimeError):

@@ -40,7 +40,8 @@ def republish(
     try:
         publish_items(producer, settings.topics, [
             {"item_id": i.item_id, "title": i.title, "attributes": i.attributes,
-             **({"description": i.description} if i.description else {})} for i in items
+             **({"description": i.description} if i.description else {}), **({"facts": i.facts} if i.facts else {})}
+            for i in items
         ])
         if not events:
             return 0

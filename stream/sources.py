@@ -36,7 +36,7 @@ def dataset_source(name: str, settings: Settings, source: Path | None = None) ->
     if name != "ml-100k":
         raise ValueError(f"unknown dataset {name!r} (known: ml-100k)")
     directory = movielens.fetch_ml100k(settings.encoder.cache_dir, source)
-    items = [parse_item(orjson.dumps(movielens.item_message(i)), settings.limits) for i in movielens.load_items(directory)]
+    items = [parse_item(orjson.dumps(m), settings.limits) for m in movielens.item_messages(directory)]
     events = []
     for r in movielens.load_ratings(directory):
         e = movielens.rating_event(r)

@@ -63,6 +63,17 @@ def test_corpus_item_is_rejected_with_its_reason(case):
     assert case.reason in str(info.value) and "\n" not in str(info.value)
 
 
+def test_item_facts_are_parsed_apart_from_the_encoder_text():
+    from stream.catalog import item_text
+
+    raw = {"item_id": "i", "title": "Alien", "attributes": {"year": "1979"},
+           "facts": {"director": "m.scott", "actor": ["m.weaver", "m.hurt", "m.weaver"], "crew": []}}
+    item = parse_item(orjson.dumps(raw), LIMITS)
+    assert item.facts == {"director": ["m.scott"], "actor": ["m.weaver", "m.hurt"]}  # one id → a list; repeats, empties dropped
+    assert item_text(item) == item_text(parse_item(orjson.dumps({**raw, "facts": None}), LIMITS)) == "Alien (1979)"
+    assert parse_item(orjson.dumps({"item_id": "j", "title": "t"}), LIMITS).facts == {}
+
+
 def test_payload_limit_is_checked_before_parsing():
     """A 10 MB value is refused by its size, not by JSON parsing (so it is never parsed)."""
     huge_invalid = b"{" * (10 << 20)  # would be 'malformed JSON' if it were parsed

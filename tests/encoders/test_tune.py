@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from encoders import CachedEncoder, EmbeddingCache, EncoderError, OnnxTextEncoder
-from encoders.adapter import ADAPTER_FILE, Adapter
-from encoders.tune import build_training_data, tune
+from dataclasses import replace
+
+from encoders.adapter import ADAPTER_FILE, Adapter, fact_key
+from encoders.tune import build_training_data, fact_vocabulary, tune
 from stream.catalog import Catalogue, item_text
 from stream.config import load_settings
 from stream.events import Event
@@ -75,7 +77,8 @@ def tuned(ml_slice, fp32_dir, cache_dir, tmp_path_factory):
     with EmbeddingCache(cache_dir / "embeddings.lmdb") as cache:
         vectors = CachedEncoder(base, cache).encode([item_text(i) for i in items])
     out = tmp_path_factory.mktemp("tuned") / "model"
-    report = tune(events, [i.item_id for i in items], vectors, fp32_dir, out, settings.tune, k=10)
+    report = tune(events, [i.item_id for i in items], vectors, fp32_dir, out, settings.tune, k=10,
+                  item_facts=[i.facts for i in items])
     return report, out
 
 
@@ -137,3 +140,82 @@ def test_adapter_round_trips_without_pickle(tuned, tmp_path):
         assert np.array_equal(getattr(adapter, name), getattr(again, name))
     with np.load(Path(tmp_path) / ADAPTER_FILE, allow_pickle=False) as data:
         assert data["item_ids"].dtype.kind == "U"
+
+
+def test_fact_vocabulary_keeps_facts_shared_by_tuned_items_only():
+    facts = [{"director": ["d1"], "actor": ["a1", "a2"]}, {"director": ["d1"], "actor": ["a2"]},
+             {"director": ["d2"], "actor": ["a1"]}, {"director": ["d2"]}]
+    trainable = np.array([True, True, True, False])  # item 3 held out: d2 is shared with it only
+    assert fact_vocabulary(facts, trainable, 2) == [fact_key("actor", "a1"), fact_key("actor", "a2"), fact_key("director", "d1")]
+
+
+def test_facts_place_an_item_never_seen_in_tuning(tuned, ml_slice):
+    """An item no tuning user touched gets the learned vectors of the facts it shares with
+    tuned items (mean, as the tuner's EmbeddingBag); without facts it has its text alone."""
+    _, _, items = ml_slice
+    report, out = tuned
+    adapter = OnnxTextEncoder(out, provider="cpu").adapter
+    assert report.fact_vocabulary == len(adapter.fact_keys) > 100
+    assert np.abs(adapter.fact_vectors).max() > 1e-3  # trained away from their zero start
+    tuned_ids = set(adapter.residual_rows())
+    cold = next(i for i in items if i.item_id not in tuned_ids and adapter.fact_part(i.facts) is not None)
+    text = np.random.default_rng(0).normal(size=(1, adapter.dim)).astype(np.float32)
+    with_facts = adapter.adapt_items([cold.item_id], text, [cold.facts])
+    assert np.array_equal(adapter.adapt_items([cold.item_id], text), text)
+    assert np.array_equal(adapter.adapt_items([cold.item_id], text, [{}]), text)
+    known = [adapter.fact_rows[fact_key(r, e)] for r, es in cold.facts.items() for e in es if fact_key(r, e) in adapter.fact_rows]
+    np.testing.assert_allclose(with_facts[0], text[0] + adapter.fact_vectors[known].mean(axis=0), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(with_facts, text)
+    # the catalogue path (what replay and the worker use) adds the same part
+    catalogue = Catalogue.from_items([cold], OnnxTextEncoder(out, provider="cpu"))
+    without = Catalogue.from_items([replace(cold, facts={})], OnnxTextEncoder(out, provider="cpu"))
+    np.testing.assert_allclose(catalogue.matrix[0] - without.matrix[0], adapter.fact_vectors[known].mean(axis=0), atol=1e-5)
+
+
+def test_an_adapter_without_facts_still_loads_and_adapts(tuned, tmp_path):
+    _, out = tuned
+    old = replace(Adapter.load(out), fact_keys=None, fact_vectors=None)
+    old.save(tmp_path)
+    with np.load(Path(tmp_path) / ADAPTER_FILE, allow_pickle=False) as data:
+        assert "fact_keys" not in data.files  # as adapters written before facts existed
+    loaded = Adapter.load(tmp_path)
+    assert loaded.fact_keys is None and loaded.fact_rows == {}
+    item_id = str(loaded.item_ids[0])
+    text = np.zeros((1, loaded.dim), np.float32)
+    adapted = loaded.adapt_items([item_id], text, [{"director": ["m.anyone"]}])
+    np.testing.assert_array_equal(adapted[0], loaded.residuals[0])
+
+
+def test_the_worker_stores_facts_and_re_encodes_an_item_when_only_its_facts_change(tuned, ml_slice, tmp_path):
+    """Facts are part of a tuned item vector: the worker keeps them in the item record, re-encodes
+    on a facts-only change, and on restart recognises its stored vectors as this model's."""
+    from stream.app import WorkerContext
+    from stream.catalog import FACTS_KEY
+
+    _, _, items = ml_slice
+    _, out = tuned
+    settings = load_settings(encoder={"model": out, "cache_dir": tmp_path / "cache", "provider": "cpu"},
+                             store={"path": tmp_path / "store.lmdb"})
+    adapter = Adapter.load(out)
+    with_facts = [i for i in items if adapter.fact_part(i.facts) is not None][:3]
+    ctx = WorkerContext(settings)
+    ctx.open()
+    assert ctx.upsert_items(with_facts) == 3 and ctx.upsert_items(with_facts) == 0
+    item = with_facts[0]
+    with ctx.store.read() as txn:
+        record = txn.get_item(item.item_id)
+    assert record.attributes[FACTS_KEY] == item.facts and item_text(item) == record.text
+    assert FACTS_KEY not in ctx.catalogue.attributes[ctx.catalogue.index[item.item_id]]
+    before = ctx.catalogue.matrix[ctx.catalogue.index[item.item_id]].copy()
+    assert ctx.upsert_items([replace(item, facts={})]) == 1  # same text, other facts
+    after = ctx.catalogue.matrix[ctx.catalogue.index[item.item_id]]
+    np.testing.assert_allclose(before - after, adapter.fact_part(item.facts), atol=1e-5)
+    ctx.upsert_items([item])
+    ctx.store.close()
+    ctx.encoder.cache.close()
+    again = WorkerContext(settings)
+    again.open()
+    assert not again.stale_items  # the stored vectors (facts included) are this model's
+    np.testing.assert_allclose(again.catalogue.matrix[again.catalogue.index[item.item_id]], before, atol=1e-6)
+    again.store.close()
+    again.encoder.cache.close()
