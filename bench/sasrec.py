@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-# bench/ (the script's directory) first on the path would shadow the stdlib's ``profile``.
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+if not __package__:  # run as a script: bench/ first on sys.path would shadow the stdlib's ``profile``
+    sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from stream import movielens  # noqa: E402  (stdlib + numpy only: importable from the RecBole venv)
 from stream.metrics import metrics_from_ranks, rank_of_targets  # noqa: E402
