@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # pulling multi-GB CUDA wheels for the exporter.
 TORCH  ?= torch==2.13.0
 
-.PHONY: run test chaos install bench soak clean tools
+.PHONY: run test chaos install bench soak sasrec clean tools
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,15 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	$(PY) -m bench soak --soak-seconds 600
+
+# SASRec (RecBole 1.2.1 defaults) on the replay's ml-100k split, in its own venv (hours on CPU).
+SASREC_VENV ?= .cache/sasrec-venv
+sasrec:
+	test -x $(SASREC_VENV)/bin/python || $(PYTHON) -m venv $(SASREC_VENV)
+	$(SASREC_VENV)/bin/pip install -q "$(TORCH)"
+	$(SASREC_VENV)/bin/pip install -q --no-deps recbole==1.2.1
+	$(SASREC_VENV)/bin/pip install -q -r bench/sasrec-requirements.txt
+	nice -n 19 $(SASREC_VENV)/bin/python bench/sasrec.py --out var/sasrec
 
 clean:
 	rm -rf $(VENV) .pytest_cache
