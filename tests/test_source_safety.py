@@ -76,11 +76,19 @@ def test_the_scanner_allows_lookalikes():
     assert violations("model.eval()\n__import__('os')\nnp.load(f)\ntorch.load(p, weights_only=True)\nyaml.safe_load(t)\norjson.loads(b)") == []
 
 
+#: Files allowed an unsafe load, and why. Not part of recstream's runtime; keep this short.
+EXEMPT = {
+    "bench/sasrec.py": "RecBole's checkpoints pickle its Config; the runner loads only the ones its own "
+                       "run wrote, in a separate venv, never data from outside",
+}
+
+
 def test_no_code_executing_deserialisation_or_eval_in_the_source_tree():
     files = [p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))]
     assert len(files) > 20  # the scan really covers the tree
-    found = [v for p in files for v in violations(p.read_text("utf-8"), str(p.relative_to(ROOT)))]
-    assert found == []
+    found = {str(p.relative_to(ROOT)): violations(p.read_text("utf-8"), str(p.relative_to(ROOT))) for p in files}
+    assert [v for name, vs in found.items() if name not in EXEMPT for v in vs] == []
+    assert all(found.get(name) for name in EXEMPT)  # an exemption nothing needs any more goes
 
 
 def test_http_binds_to_localhost_by_default(tmp_path):
