@@ -18,7 +18,7 @@ import numpy as np
 
 from stream.profile import normalised
 
-__all__ = ["BLOCK_USERS", "blend_queries", "explain", "explain_positions", "explain_rows", "iter_blocks", "score", "top_k"]
+__all__ = ["BLOCK_USERS", "blend_queries", "explain", "explain_positions", "iter_blocks", "score", "top_k"]
 
 #: Users scored per matrix product: 256 × 100,000 items × 4 B = 100 MB of scores at most.
 BLOCK_USERS = 256
@@ -107,32 +107,6 @@ def explain(
     n = min(n, len(history_ids))
     best = np.argsort(-sims, axis=1, kind="stable")[:, :n]
     return [[history_ids[j] for j in row] for row in best]
-
-
-def explain_rows(matrix: np.ndarray, rec_rows: Sequence[np.ndarray], history_rows: Sequence[np.ndarray], n: int) -> list[list[list[int]]]:
-    """:func:`explain` for many users in one batched product, as catalogue rows.
-
-    For user ``u`` and its ``j``-th recommended row, the positions (into ``history_rows[u]``)
-    of the ``min(n, len(history_rows[u]))`` most similar history items, exactly as
-    ``explain(matrix[rec_rows[u]], matrix[history_rows[u]], ..., n)`` orders them.
-    Plain lists (one ``tolist`` per call): the caller indexes Python lists of ids with them.
-    """
-    users = len(rec_rows)
-    k = max((len(r) for r in rec_rows), default=0)
-    m = max((len(h) for h in history_rows), default=0)
-    if n <= 0 or k == 0 or m == 0:
-        return [[[] for _ in r] for r in rec_rows]
-    recs = np.zeros((users, k), np.int64)
-    hist = np.full((users, m), -1, np.int64)
-    for u, (r, h) in enumerate(zip(rec_rows, history_rows)):
-        recs[u, : len(r)], hist[u, : len(h)] = r, h
-    n = min(n, m)
-    best = explain_positions(matrix, recs, hist, n).tolist()
-    out = []
-    for u, (r, h) in enumerate(zip(rec_rows, history_rows)):
-        rows = best[u][: len(r)]
-        out.append(rows if len(h) >= n else [row[: len(h)] for row in rows])
-    return out
 
 
 def explain_positions(matrix: np.ndarray, recs: np.ndarray, hist: np.ndarray, n: int) -> np.ndarray:

@@ -3,7 +3,7 @@
 import numpy as np
 
 from stream.profile import normalised
-from stream.ranking import blend_queries, explain, explain_rows, iter_blocks, score, top_k
+from stream.ranking import blend_queries, explain, explain_positions, iter_blocks, score, top_k
 
 ITEMS = normalised(np.random.default_rng(1).normal(size=(50, 16)).astype(np.float32))
 
@@ -81,15 +81,21 @@ def test_scoring_in_blocks_of_users_gives_the_same_top_k_as_all_at_once():
     np.testing.assert_allclose(whole[1], np.concatenate([b[1] for b in blocks]), rtol=1e-6)
 
 
-def test_explain_rows_matches_explain_user_by_user():
+def test_explain_positions_match_explain_user_by_user():
+    """The batched product the worker's ``because`` uses, -1-padded histories included."""
     rng = np.random.default_rng(6)
     items = ITEMS.copy()
     items[40] = items[41]  # a tie inside a history: the earlier position wins in both
     recs = [rng.choice(50, size=s, replace=False) for s in (10, 7, 0, 10)]
     histories = [np.array([41, 40, 3, 9]), rng.choice(50, size=30, replace=False), np.array([1]), np.array([], np.int64)]
+    padded_recs = np.zeros((len(recs), 10), np.int64)  # any valid row pads
+    padded_hist = np.full((len(histories), 30), -1, np.int64)
+    for u, (r, h) in enumerate(zip(recs, histories)):
+        padded_recs[u, : len(r)], padded_hist[u, : len(h)] = r, h
     for n in (0, 1, 3):
-        got = explain_rows(items, recs, histories, n)
-        for r, h, g in zip(recs, histories, got):
+        got = explain_positions(items, padded_recs, padded_hist, n)
+        for u, (r, h) in enumerate(zip(recs, histories)):
             names = [f"h{j}" for j in range(len(h))]
             want = explain(items[r], items[h], names, n) if len(r) else []
-            assert [[names[j] for j in row] for row in g] == want
+            # padding positions sort after every real one: keep the user's own min(n, len(h))
+            assert [[names[j] for j in row[: min(n, len(h))]] for row in got[u, : len(r)].tolist()] == want
