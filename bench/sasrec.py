@@ -148,6 +148,15 @@ def evaluate_ours(model, data, seqs: dict[str, list[str]]) -> dict:
     return {"n": len(ranks), "hr@10": round(m["hr"], 4), "ndcg@10": round(m["ndcg"], 4), "mrr": round(m["mrr"], 4)}
 
 
+def _checkpoint(out: Path, name: str) -> str:
+    if name != "latest":
+        return name
+    saved = list((out / "saved").glob("*.pth"))
+    if not saved:
+        raise SystemExit(f"error: no checkpoint under {out / 'saved'}")
+    return str(max(saved, key=lambda p: p.stat().st_mtime))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="run directory: data, checkpoints, RecBole logs, result.json")
@@ -156,6 +165,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override RecBole's default (300, early stopping after 10)")
     parser.add_argument("--evaluate", nargs="?", const="latest", metavar="CHECKPOINT",
                         help="only evaluate a checkpoint (default: the newest under OUT/saved) on valid and test")
+    parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
+                        help="go on training from a checkpoint (default: the newest under OUT/saved): its epoch, "
+                             "weights, optimizer state and best valid score; RecBole saves only improving epochs")
     args = parser.parse_args()
 
     _shims()
@@ -189,14 +201,15 @@ def main() -> None:
     result: dict = {"split": split}
     started = time.perf_counter()
     if args.evaluate:
-        ckpt = args.evaluate
-        if ckpt == "latest":
-            ckpt = str(max((out / "saved").glob("*.pth"), key=lambda p: p.stat().st_mtime))
+        ckpt = _checkpoint(out, args.evaluate)
         state = torch.load(ckpt, map_location="cpu")
         result.update(checkpoint=ckpt, epoch=state["epoch"], best_valid_score=state["best_valid_score"])
         test_recbole = trainer.evaluate(test_data, load_best_model=True, model_file=ckpt, show_progress=False)
         name = "result-evaluate.json"
     else:
+        if args.resume:
+            trainer.resume_checkpoint(_checkpoint(out, args.resume))
+            logger.info(f"resumed from {trainer.saved_model_file} at epoch {trainer.start_epoch}")
         best_score, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
         result.update(best_valid_score=best_score, best_valid_recbole=dict(best_valid),
                       checkpoint=trainer.saved_model_file, train_s=round(time.perf_counter() - started, 1))

@@ -63,9 +63,11 @@ def iter_blocks(n: int, block: int = BLOCK_USERS) -> Iterator[slice]:
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best ``k`` columns per row of ``scores``, best first (ties: lower column first).
 
-    A per-row threshold no larger than the k-th best score (the k-th largest of ~256 column
-    block maxima, each the max of a distinct item) leaves a few dozen candidates per row;
-    only those are sorted. Cost: two passes over ``scores`` instead of a full argpartition.
+    Large catalogues: the row is cut into ~1,024 column blocks; the k-th largest block maximum
+    is a threshold no larger than the k-th best score (the k best blocks each hold a distinct
+    item at least that good), and only blocks whose maximum reaches it can hold candidates.
+    Those few blocks are gathered and filtered, then the few dozen candidates sorted: one
+    pass over ``scores`` (the maxima) instead of a full argpartition or a full comparison.
 
     :returns: ``(indices, scores)``, each (U, k') with ``k' = min(k, N)``; a slot only an
         excluded item (-inf) could fill has index -1.
@@ -74,15 +76,13 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if n_items == 0 or n_rows == 0:
         return np.empty((n_rows, 0), np.int64), np.empty((n_rows, 0), scores.dtype)
     k = min(k, n_items)
-    n_blocks = min(256, n_items // 8)
+    n_blocks = min(1024, n_items // 8)
     if n_items < _EXACT_BELOW or n_blocks < 4 * k:
         threshold = np.partition(scores, n_items - k, axis=1)[:, n_items - k]
+        rows, cols = np.nonzero(scores >= threshold[:, None])
     else:
-        starts = np.linspace(0, n_items, n_blocks, endpoint=False).astype(np.int64)
-        maxima = np.maximum.reduceat(scores, starts, axis=1)
-        threshold = np.partition(maxima, n_blocks - k, axis=1)[:, n_blocks - k]
+        rows, cols = _block_candidates(scores, k, n_blocks)
     # every row has >= k candidates: threshold <= its k-th best (-inf >= -inf counts)
-    rows, cols = np.nonzero(scores >= threshold[:, None])
     values = scores[rows, cols]
     order = np.lexsort((cols, -values, rows))
     rows, cols, values = rows[order], cols[order], values[order]
@@ -91,6 +91,22 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     best = cols[keep].reshape(n_rows, k)
     best_scores = values[keep].reshape(n_rows, k)
     return np.where(np.isneginf(best_scores), -1, best), best_scores
+
+
+def _block_candidates(scores: np.ndarray, k: int, n_blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of every score >= its row's threshold (the k-th largest block maximum)."""
+    n_rows, n_items = scores.shape
+    width = -(-n_items // n_blocks)
+    maxima = np.maximum.reduceat(scores, np.arange(0, n_items, width), axis=1)
+    n_kept = maxima.shape[1]
+    threshold = np.partition(maxima, n_kept - k, axis=1)[:, n_kept - k]
+    block_rows, blocks = np.nonzero(maxima >= threshold[:, None])
+    cols = blocks[:, None] * width + np.arange(width)
+    rows = np.broadcast_to(block_rows[:, None], cols.shape)
+    inside = cols < n_items  # the last block may be short
+    rows, cols = rows[inside], cols[inside]
+    hit = scores[rows, cols] >= threshold[rows]
+    return rows[hit], cols[hit]
 
 
 def explain(

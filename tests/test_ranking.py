@@ -1,6 +1,7 @@
 """Ranking: exclusions, order, blending and explanations."""
 
 import numpy as np
+import pytest
 
 from stream.profile import normalised
 from stream.ranking import blend_queries, explain, explain_positions, iter_blocks, score, top_k
@@ -52,20 +53,22 @@ def _reference_top_k(scores, k):
     return np.where(np.isneginf(best), -1, order), best
 
 
-def test_top_k_matches_a_full_sort_on_a_large_catalogue_with_ties_and_exclusions():
+@pytest.mark.parametrize("n_items", [20_000, 20_003])  # equal column blocks, and a short last one
+def test_top_k_matches_a_full_sort_on_a_large_catalogue_with_ties_and_exclusions(n_items):
     rng = np.random.default_rng(3)
-    items = normalised(rng.standard_normal((20_000, 8)).astype(np.float32))  # block-maxima path
+    items = normalised(rng.standard_normal((n_items, 8)).astype(np.float32))  # block-maxima path
     items[5000:5010] = items[42]  # exact ties across the top
+    items[n_items - 2] = items[42]  # and one in the last column block
     queries = np.vstack([items[42], rng.standard_normal((29, 8)).astype(np.float32)])
-    exclude = [rng.choice(20_000, size=int(rng.integers(0, 300)), replace=False) for _ in range(30)]
-    exclude[1] = np.arange(20_000 - 5)  # only 5 items left: the rest of the slots are -1
+    exclude = [rng.choice(n_items, size=int(rng.integers(0, 300)), replace=False) for _ in range(30)]
+    exclude[1] = np.arange(n_items - 5)  # only 5 items left: the rest of the slots are -1
     scores = score(queries, items, exclude)
     idx, best = top_k(scores, 12)
     ref_idx, ref_best = _reference_top_k(scores, 12)
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_array_equal(best, ref_best)
-    assert list(idx[0][:11]) == [42, *range(5000, 5010)]  # ties: lower row first
-    assert list(idx[1][5:]) == [-1] * 7 and set(idx[1][:5]) == set(range(19_995, 20_000))
+    assert list(idx[0][:12]) == [42, *range(5000, 5010), n_items - 2]  # ties: lower row first
+    assert list(idx[1][5:]) == [-1] * 7 and set(idx[1][:5]) == set(range(n_items - 5, n_items))
 
 
 def test_scoring_in_blocks_of_users_gives_the_same_top_k_as_all_at_once():
