@@ -1,5 +1,5 @@
 """Run benchmarks and print one JSON line per benchmark: ``python -m bench [NAME ...]``
-(names: scoring, store, encoders, flush, e2e, soak; default: all)."""
+(names: scoring, store, encoders, flush, e2e, e2e-large, soak; default: all)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ BENCHMARKS = {
     "encoders": lambda a: encoders.run(),
     "flush": lambda a: flush.run(),
     "e2e": lambda a: e2e.run(events=a.events, latency_seconds=a.latency_seconds, profile=a.profile),
+    "e2e-large": lambda a: e2e.run(events=a.events, latency_seconds=a.latency_seconds, profile=a.profile,
+                                   catalogue="synthetic", n_items=a.items),
     "soak": lambda a: soak.run(seconds=a.soak_seconds, rate=a.soak_rate),
 }
 
@@ -27,6 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
     parser.add_argument("--events", type=int, default=200_000, help="e2e: events through the pipeline (default 200,000)")
+    parser.add_argument("--items", type=int, default=100_000, help="e2e-large: products in the synthetic catalogue")
     parser.add_argument("--latency-seconds", type=float, default=60.0, help="e2e: length of the 50%%-load phase")
     parser.add_argument("--profile", type=Path, help="e2e: py-spy the worker; top-N summary to this path")
     parser.add_argument("--soak-seconds", type=float, default=180.0, help="soak: duration (600 for the 10-minute soak)")

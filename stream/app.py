@@ -205,10 +205,8 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             loop = asyncio.get_running_loop()
             started = time.perf_counter()
             result = await loop.run_in_executor(ctx.executor, ctx.processor.flush, windows, now_ms())
-            await changelog.publish(windows)  # delivered before any ack: see stream.changelog
-            for event, reason in result.rejected:
-                topic, partition = event.source.rsplit(":", 1)
-                await send_dead_letter(_raw_of(windows, event), topic, int(partition), event.offset, reason)
+            # Recommendations first: they need no changelog round trip (a crash before the acks
+            # replays the events, already-applied ones as duplicates, and re-sends them).
             original = {w.user_id: w.handles[0].message.key for w in windows if w.handles}  # pseudonym -> id
             records = []
             for rec in result.recommendations:
@@ -216,6 +214,10 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
                 rec["user_id"] = key.decode()
                 records.append((None, key, orjson.dumps(rec)))
             log_failures(await send_batched(app, s.topics.recommendations, records), "recommendations")
+            await changelog.publish(windows)  # delivered before any ack: see stream.changelog
+            for event, reason in result.rejected:
+                topic, partition = event.source.rsplit(":", 1)
+                await send_dead_letter(_raw_of(windows, event), topic, int(partition), event.offset, reason)
             for window in windows:
                 for handle in window.handles:
                     await ctx.stream.ack(handle)
