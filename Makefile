@@ -38,8 +38,10 @@ tools:
 	      echo "note: could not install docker-compose; tests/test_deploy.py will skip the compose checks"; \
 	  else echo "note: docker-compose missing and not root; tests/test_deploy.py will skip the compose checks"; fi
 
-# The suite: scoring, store, encoders, end to end (with the Faust floor and 50% load), a
-# 3-minute memory soak. One JSON line each; BENCHMARKS.md records them.
+# The suite: scoring, store, encoders, end to end (with the Faust floor and 50% load) over
+# ml-100k and over a 100,000-item synthetic catalogue (its first run encodes the catalogue
+# into the embedding cache: ~10 min on 2 cores), a 3-minute memory soak. One JSON line
+# each; BENCHMARKS.md records them.
 bench: $(STAMP)
 	$(PY) -m bench
 

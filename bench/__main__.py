@@ -1,5 +1,6 @@
 """Run benchmarks and print one JSON line per benchmark: ``python -m bench [NAME ...]``
-(names: scoring, store, encoders, flush, e2e, e2e-large, soak; default: all)."""
+(names: scoring, store, encoders, flush, e2e, e2e-large, soak; default: all; ``latency``
+runs only e2e's 50%-load phase, at ``--rate``, and is never part of the default)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from pathlib import Path
 
 from bench import e2e, encoders, flush, scoring, soak, store
 
+ON_REQUEST = {
+    "latency": lambda a: e2e.run_latency(a.rate, a.latency_seconds),
+}
 BENCHMARKS = {
     "scoring": lambda a: scoring.run(),
     "store": lambda a: store.run(),
@@ -27,20 +31,22 @@ BENCHMARKS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all), or latency")
     parser.add_argument("--events", type=int, default=200_000, help="e2e: events through the pipeline (default 200,000)")
     parser.add_argument("--items", type=int, default=100_000, help="e2e-large: products in the synthetic catalogue")
+    parser.add_argument("--rate", type=float, default=400.0, help="latency: events/s to feed the worker")
     parser.add_argument("--latency-seconds", type=float, default=60.0, help="e2e: length of the 50%%-load phase")
     parser.add_argument("--profile", type=Path, help="e2e: py-spy the worker; top-N summary to this path")
     parser.add_argument("--soak-seconds", type=float, default=180.0, help="soak: duration (600 for the 10-minute soak)")
     parser.add_argument("--soak-rate", type=float, default=300.0, help="soak: events/s published (below the worker's sustained rate, else the backlog grows)")
     args = parser.parse_args()
     names = args.names or list(BENCHMARKS)
-    unknown = [n for n in names if n not in BENCHMARKS]
+    known = {**BENCHMARKS, **ON_REQUEST}
+    unknown = [n for n in names if n not in known]
     if unknown:
-        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(known)}")
     machine = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
-    for result in (BENCHMARKS[name](args) for name in names):
+    for result in (known[name](args) for name in names):
         print(json.dumps({**result, **machine}))
         sys.stdout.flush()
 

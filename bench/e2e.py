@@ -42,7 +42,7 @@ import orjson
 from stream.config import Settings, load_settings
 from stream.demo import _consume, _Tracker, _wait_for_log
 
-__all__ = ["LATENCY_FLUSH", "WorkerProcess", "run", "synthetic_events"]
+__all__ = ["LATENCY_FLUSH", "WorkerProcess", "run", "run_latency", "synthetic_events"]
 
 #: Flush settings for the latency phase (environment overrides of ``windows``/``broker``):
 #: 100 ms event-time windows, batches waited on for at most 20 ms, fetches parked 20 ms.
@@ -233,14 +233,14 @@ def _throughput(settings: Settings, workdir: Path, events: int, timeout_s: float
 
 
 def _latency(settings: Settings, workdir: Path, items: list[dict], ids: list[str], weights: np.ndarray,
-             rate: float, seconds: float) -> dict:
+             rate: float, seconds: float, flush: dict[str, str] | None = None) -> dict:
     from stream.kafka_io import ensure_topics, make_producer, publish_events, publish_items
 
     ensure_topics(settings)
     producer = make_producer(settings)
     publish_items(producer, settings.topics, items)
     producer.flush()
-    worker = WorkerProcess(settings, workdir, env=LATENCY_FLUSH)
+    worker = WorkerProcess(settings, workdir, env=flush or LATENCY_FLUSH)
     try:
         worker.wait_ready()
         tracker, stop = _Tracker(), threading.Event()
@@ -278,6 +278,28 @@ def _latency(settings: Settings, workdir: Path, items: list[dict], ids: list[str
     finally:
         producer.close()
         worker.stop()
+
+
+def run_latency(rate: float, seconds: float = 60.0, catalogue: str = "ml-100k", n_items: int = 100_000) -> dict:
+    """Only phase 3, at a given ``rate`` (events/s): for sweeps of rate and flush settings
+    (``RECSTREAM_…`` overrides in the environment reach the worker over :data:`LATENCY_FLUSH`)."""
+    from stream.broker import EmbeddedBroker, free_port
+
+    flush = {**LATENCY_FLUSH, **{k: v for k, v in os.environ.items() if k.startswith(("RECSTREAM_WINDOWS__", "RECSTREAM_BROKER__"))}}
+    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
+        workdir = Path(tmp)
+        port = free_port()
+        broker = EmbeddedBroker(port=port, log_path=workdir / "broker.log")
+        broker.start()
+        try:
+            settings = _settings(f"kafka://127.0.0.1:{port}", "bench.lat.")
+            items, ids, weights = _catalogue(settings) if catalogue == "ml-100k" else _synthetic_catalogue(settings, n_items)
+            (workdir / "lat").mkdir()
+            latency = _latency(settings, workdir / "lat", items, ids, weights, rate, seconds, flush)
+        finally:
+            broker.stop()
+    return {"benchmark": "latency", "catalogue": catalogue, "items": len(ids), "latency_flush": flush,
+            **{k: v for k, v in latency.items() if k != "memory"}, "worker_peak_rss_mb": round(latency["memory"]["VmHWM"] / 2**20)}
 
 
 def run(events: int = 200_000, users: int = 10_000, load: float = 0.5, latency_seconds: float = 60.0,
