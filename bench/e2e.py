@@ -24,6 +24,7 @@ sampling cost) and writes a top-N summary of the hot spots next to its raw outpu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -33,6 +34,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +162,27 @@ def _synthetic_catalogue(settings: Settings, n_items: int) -> tuple[list[dict], 
     return items, [i["item_id"] for i in items], weights
 
 
+def _items(settings: Settings, catalogue: str, n_items: int) -> tuple[list[dict], list[str], np.ndarray]:
+    """Item messages, ids and popularity weights of ``catalogue`` ("ml-100k" or "synthetic")."""
+    return _catalogue(settings) if catalogue == "ml-100k" else _synthetic_catalogue(settings, n_items)
+
+
+@contextlib.contextmanager
+def _broker(prefix: str) -> Iterator[tuple[Path, str]]:
+    """A temporary work directory with an embedded broker logging into it: ``(workdir, url)``."""
+    from stream.broker import EmbeddedBroker, free_port
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        workdir = Path(tmp)
+        port = free_port()
+        broker = EmbeddedBroker(port=port, log_path=workdir / "broker.log")
+        broker.start()
+        try:
+            yield workdir, f"kafka://127.0.0.1:{port}"
+        finally:
+            broker.stop()
+
+
 def _prepare(settings: Settings, items: list[dict], events: list[dict]) -> float:
     from stream.kafka_io import ensure_topics, make_producer, publish_events, publish_items
 
@@ -283,50 +306,31 @@ def _latency(settings: Settings, workdir: Path, items: list[dict], ids: list[str
 def run_latency(rate: float, seconds: float = 60.0, catalogue: str = "ml-100k", n_items: int = 100_000) -> dict:
     """Only phase 3, at a given ``rate`` (events/s): for sweeps of rate and flush settings
     (``RECSTREAM_…`` overrides in the environment reach the worker over :data:`LATENCY_FLUSH`)."""
-    from stream.broker import EmbeddedBroker, free_port
-
     flush = {**LATENCY_FLUSH, **{k: v for k, v in os.environ.items() if k.startswith(("RECSTREAM_WINDOWS__", "RECSTREAM_BROKER__"))}}
-    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
-        workdir = Path(tmp)
-        port = free_port()
-        broker = EmbeddedBroker(port=port, log_path=workdir / "broker.log")
-        broker.start()
-        try:
-            settings = _settings(f"kafka://127.0.0.1:{port}", "bench.lat.")
-            items, ids, weights = _catalogue(settings) if catalogue == "ml-100k" else _synthetic_catalogue(settings, n_items)
-            (workdir / "lat").mkdir()
-            latency = _latency(settings, workdir / "lat", items, ids, weights, rate, seconds, flush)
-        finally:
-            broker.stop()
+    with _broker("bench-latency-") as (workdir, url):
+        settings = _settings(url, "bench.lat.")
+        items, ids, weights = _items(settings, catalogue, n_items)
+        (workdir / "lat").mkdir()
+        latency = _latency(settings, workdir / "lat", items, ids, weights, rate, seconds, flush)
     return {"benchmark": "latency", "catalogue": catalogue, "items": len(ids), "latency_flush": flush,
             **{k: v for k, v in latency.items() if k != "memory"}, "worker_peak_rss_mb": round(latency["memory"]["VmHWM"] / 2**20)}
 
 
 def run(events: int = 200_000, users: int = 10_000, load: float = 0.5, latency_seconds: float = 60.0,
         profile: Path | None = None, catalogue: str = "ml-100k", n_items: int = 100_000) -> dict:
-    from stream.broker import EmbeddedBroker, free_port
-
-    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
-        workdir = Path(tmp)
-        port = free_port()
-        broker = EmbeddedBroker(port=port, log_path=workdir / "broker.log")
-        broker.start()
-        try:
-            url = f"kafka://127.0.0.1:{port}"
-            tp = _settings(url, "bench.tp.")
-            items, ids, weights = _catalogue(tp) if catalogue == "ml-100k" else _synthetic_catalogue(tp, n_items)
-            stream_events = synthetic_events(events, users, ids, weights)
-            publish_s = _prepare(tp, items, stream_events)
-            del stream_events
-            timeout = 120 + events / 200
-            floor, floor_cpu = _floor(tp, workdir, events, timeout)
-            (workdir / "tp").mkdir()
-            ours = _throughput(tp, workdir / "tp", events, timeout, profile)
-            (workdir / "lat").mkdir()
-            latency = _latency(_settings(url, "bench.lat."), workdir / "lat", items, ids, weights,
-                               load * ours["events_per_s"], latency_seconds)
-        finally:
-            broker.stop()
+    with _broker("bench-e2e-") as (workdir, url):
+        tp = _settings(url, "bench.tp.")
+        items, ids, weights = _items(tp, catalogue, n_items)
+        stream_events = synthetic_events(events, users, ids, weights)
+        publish_s = _prepare(tp, items, stream_events)
+        del stream_events
+        timeout = 120 + events / 200
+        floor, floor_cpu = _floor(tp, workdir, events, timeout)
+        (workdir / "tp").mkdir()
+        ours = _throughput(tp, workdir / "tp", events, timeout, profile)
+        (workdir / "lat").mkdir()
+        latency = _latency(_settings(url, "bench.lat."), workdir / "lat", items, ids, weights,
+                           load * ours["events_per_s"], latency_seconds)
     result = {
         "benchmark": "e2e" if catalogue == "ml-100k" else "e2e-large", "catalogue": catalogue, "events": events, "users": users, "items": len(ids), "publish_events_per_s": round(events / publish_s),
         "floor_events_per_s": round(floor), "events_per_s": round(ours["events_per_s"]),

@@ -9,27 +9,20 @@ to the end. ``python -m bench soak --soak-seconds 600`` is the 10-minute soak (`
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
-from bench.e2e import WorkerProcess, _catalogue, _settings, synthetic_events
+from bench.e2e import WorkerProcess, _broker, _catalogue, _settings, synthetic_events
 
 __all__ = ["run"]
 
 
 def run(seconds: float = 180.0, rate: float = 300.0, users: int = 10_000, every_s: float = 10.0) -> dict:
-    from stream.broker import EmbeddedBroker, free_port
     from stream.kafka_io import ensure_topics, make_producer, publish_events, publish_items
 
-    with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
-        workdir = Path(tmp)
-        port = free_port()
-        broker = EmbeddedBroker(port=port, log_path=workdir / "broker.log")
-        broker.start()
+    with _broker("bench-soak-") as (workdir, url):
         worker = producer = None
         try:
-            settings = _settings(f"kafka://127.0.0.1:{port}", "bench.soak.")
+            settings = _settings(url, "bench.soak.")
             items, ids, weights = _catalogue(settings)
             ensure_topics(settings)
             producer = make_producer(settings)
@@ -61,7 +54,6 @@ def run(seconds: float = 180.0, rate: float = 300.0, users: int = 10_000, every_
                 producer.close()
             if worker is not None:
                 worker.stop()
-            broker.stop()
     warm = samples[len(samples) // 3]
     return {
         "benchmark": "soak", "seconds": seconds, "rate": rate, "users": users, "sent": sent, "applied": applied,
