@@ -64,6 +64,7 @@ def run(users: int = 10_000, flushes: int = 16, per_flush: int = 625, items: int
         store = LmdbStore(settings.store.path, map_size_mb=settings.store.map_size_mb, vector_dtype=settings.store.vector_dtype)
         try:
             processor = Processor(settings, store, catalogue)
+            processor.follow_store()  # as the worker does (the hybrid's signals, when configured)
             for _ in range(5):  # 10 events per user, no recommendations
                 for start in range(0, users, 1000):
                     processor.flush(windows(range(start, min(users, start + 1000)), 2), 1, recommend=False)

@@ -69,8 +69,10 @@ import lmdb
 
 from store.records import (
     VECTOR_DTYPES,
+    HistoryEntry,
     ItemRecord,
     ProfileRecord,
+    decode_history,
     decode_item,
     decode_profile,
     encode_history,
@@ -189,9 +191,24 @@ class WriteTxn(ReadTxn):
     def __init__(self, store: LmdbStore, txn: lmdb.Transaction) -> None:
         super().__init__(store, txn)
         self._journal: list[tuple[str, Any, bytes, bytes]] = []
+        #: (before, after) history per profile written or forgot, if the store reports them.
+        self.history_changes: list[tuple[list[HistoryEntry], list[HistoryEntry]]] | None = (
+            [] if store.on_history_change is not None else None)
 
-    def put_profile(self, rec: ProfileRecord) -> None:
+    def _stored_history(self, key: bytes) -> list[HistoryEntry]:
+        data = self._get_history(key)
+        if data is not None:
+            return decode_history(data)[0]
+        profile = self._txn.get(key, db=self._dbs["profiles"])  # versions 1-2 keep it inside
+        return [] if profile is None else decode_profile(profile).history
+
+    def put_profile(self, rec: ProfileRecord, previous: list[HistoryEntry] | None = None) -> None:
+        """Store ``rec`` and its history; ``previous``, the history stored before, when the
+        caller has it (saves reading it back when history changes are reported)."""
         key = _key("user", rec.user_id)
+        if self.history_changes is not None:
+            before = self._stored_history(key) if previous is None else previous
+            self.history_changes.append((before, list(rec.history)))
         self._apply("put", "profiles", key, encode_profile(rec, self._store.vector_dtype))
         self._apply("put", "history", key, encode_history(rec))
 
@@ -227,6 +244,10 @@ class WriteTxn(ReadTxn):
         in the file until then; copy the environment with compaction to purge them at once.
         """
         key = _key("user", user_id)
+        if self.history_changes is not None:
+            before = self._stored_history(key)
+            if before:
+                self.history_changes.append((before, []))
         had_profile = self._apply("delete", "profiles", key, b"")
         self._apply("delete", "history", key, b"")
         had_seen = self._apply("delete", "seen", key, b"")  # b"" value: all duplicates
@@ -300,6 +321,10 @@ class LmdbStore:
         self._readers = 0
         #: Called with the seconds each successful commit took (metrics); on the writer thread.
         self.on_commit: Callable[[float], None] | None = None
+        #: When set, called after each successful commit with the (before, after) histories of
+        #: every profile the block wrote or forgot, in order; on the writer thread. Derived
+        #: state (``stream.signals``) follows the stored histories through it.
+        self.on_history_change: Callable[[list[tuple[list[HistoryEntry], list[HistoryEntry]]]], None] | None = None
         try:
             if not readonly:
                 self.path.mkdir(parents=True, exist_ok=True)
@@ -410,6 +435,8 @@ class LmdbStore:
                 wtxn._txn.abort()
                 raise
             self._commit(wtxn)
+            if wtxn.history_changes and self.on_history_change is not None:
+                self.on_history_change(wtxn.history_changes)
 
     def stats(self) -> dict[str, int | float]:
         """Entries per database, map size and used bytes (a point-in-time snapshot)."""

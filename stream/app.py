@@ -100,7 +100,16 @@ class WorkerContext:
                 self.catalogue.upsert(item.item_id, item.vector, split_stored_attributes(item.attributes)[0])
         self.reencoded: set[str] = set()
         self.processor = Processor(s, self.store, self.catalogue, self.encoder)
+        self.processor.follow_store()  # rebuilt from the store once the catalogue is in: rebuild_signals
         log.info("worker opened store %s with %d items, encoder %s", s.store.path, len(self.catalogue), encoder.providers)
+
+    def rebuild_signals(self) -> None:
+        """Recompute the hybrid's signals from the stored histories, once the catalogue
+        (their rows) is loaded; on the store thread, like every change to them."""
+        if self.processor is not None and self.processor.signals is not None:
+            started = time.perf_counter()
+            users = self.processor.signals.rebuild(self.store)
+            log.info("hybrid signals rebuilt from %d stored histories in %.2f s", users, time.perf_counter() - started)
 
     def gauges(self) -> dict[str, float]:
         return {"pending_events": self.buffer.pending, "catalogue_items": len(self.catalogue or ()),
@@ -264,6 +273,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
                     ctx.stats["items.encoded"] += changed
                     log.info("catalogue: %d items received, %d encoded, %d in catalogue", len(valid), changed, len(ctx.catalogue or ()))
                 if not ctx.ready.is_set() and await _caught_up(consumer, tps):
+                    await loop.run_in_executor(ctx.executor, ctx.rebuild_signals)
                     ctx.ready.set()
                     log.info("catalogue ready: %d items", len(ctx.catalogue or ()))
         finally:

@@ -464,9 +464,11 @@ def demo(obj: _Obj, limit: int | None, rate: float, source: Path | None, port: i
 @click.option("--until", help="With --from-kafka: events before this time (epoch ms or RFC 3339).")
 @click.option("--to-kafka", is_flag=True, help="Republish the history to the input topics instead of measuring.")
 @click.option("--speed", type=float, default=0.0, show_default=True, help="With --to-kafka: N× real time (0: as fast as possible).")
+@click.option("--fit-hybrid", is_flag=True,
+              help="Choose ranking.hybrid's weights on the validation targets (leave-last-out) and report them on test.")
 @click.pass_obj
 def replay(obj: _Obj, dataset, events_path, items_path, source, protocol, k, as_json, report_dir,
-           from_kafka, since, until, to_kafka, speed) -> None:
+           from_kafka, since, until, to_kafka, speed, fit_hybrid) -> None:
     """Backtest: replay history through the worker's own code and measure it."""
     from stream.events import parse_ts_ms
     from stream.report import print_report
@@ -475,6 +477,8 @@ def replay(obj: _Obj, dataset, events_path, items_path, source, protocol, k, as_
     _one_source(dataset, events_path, items_path, from_kafka)
     if to_kafka and from_kafka:
         raise click.UsageError("--to-kafka republishes a dataset or file, not the broker's own topics")
+    if fit_hybrid and protocol != "leave-last-out":
+        raise click.UsageError("--fit-hybrid needs the leave-last-out protocol (its validation targets)")
     settings = obj.settings(ranking={"k": k} if k else {})
     if from_kafka:
         events, items, skipped = kafka_source(settings, parse_ts_ms(_ts_arg(since)) if since else None,
@@ -491,7 +495,15 @@ def replay(obj: _Obj, dataset, events_path, items_path, source, protocol, k, as_
         sent = republish(settings, events, items, speed)
         click.echo(f"republished {len(items)} items and {sent} events to {settings.broker.url}")
         return
-    result = _run_with_progress(settings, events, items, protocol, quiet=as_json, keep_ranks=report_dir is not None)
+    fit = None
+    if fit_hybrid:
+        from stream.hybrid import HybridFit
+
+        fit = HybridFit(settings.ranking.k)
+    result = _run_with_progress(settings, events, items, protocol, quiet=as_json, keep_ranks=report_dir is not None,
+                                observe_parts=fit.observe if fit else None)
+    if fit is not None:
+        result["hybrid_fit"] = fit.fit()
     if report_dir is not None:
         from stream.report import write_report
 
@@ -518,7 +530,8 @@ def _ts_arg(value: str) -> str | int:
     return int(value) if value.isdigit() else value
 
 
-def _run_with_progress(settings: Settings, events, items, protocol: str, quiet: bool, keep_ranks: bool = False) -> dict:
+def _run_with_progress(settings: Settings, events, items, protocol: str, quiet: bool, keep_ranks: bool = False,
+                       observe_parts=None) -> dict:
     from rich.console import Console
     from rich.progress import Progress
 
@@ -535,7 +548,7 @@ def _run_with_progress(settings: Settings, events, items, protocol: str, quiet: 
     with Progress(console=console, transient=True, disable=quiet) as bar:
         task = bar.add_task(f"replaying {protocol}", total=len(events))
         return run_replay(settings, events, catalogue, protocol=protocol, encoder=encoder, keep_ranks=keep_ranks,
-                          progress=lambda n: bar.advance(task, n))
+                          progress=lambda n: bar.advance(task, n), observe_parts=observe_parts)
 
 
 def _one_line(exc: BaseException) -> str:

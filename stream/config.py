@@ -22,6 +22,7 @@ from pydantic_settings import (
 __all__ = [
     "BrokerSettings",
     "EncoderSettings",
+    "HybridSettings",
     "EVENT_KINDS",
     "LimitSettings",
     "PrivacySettings",
@@ -237,8 +238,30 @@ class ProfileSettings(_Section):
         return self
 
 
+class HybridSettings(_Section):
+    """The hybrid ranking: the profile's scores blended with online behavioural signals
+    (:mod:`stream.signals`), ``z(profile) + cooccurrence·z(item-kNN) + popularity·z(popularity)``
+    with each user's scores standardised. Both weights 0 (the default): the profile alone, and
+    the signals are not kept. ``recstream replay --fit-hybrid`` chooses the weights on the
+    validation targets for a model and dataset.
+    """
+
+    cooccurrence: float = Field(0.0, ge=0.0, le=1000.0)
+    popularity: float = Field(0.0, ge=0.0, le=1000.0)
+    #: Co-occurrence counts pairs among each user's last ``window`` history items, and a
+    #: user's item-kNN scores come from their own last ``window`` (at most ``store.history_len``).
+    window: int = Field(20, ge=2, le=10_000)
+    popularity_half_life_s: float = Field(7 * 86_400.0, gt=0)
+    #: Co-occurrence is a dense items × items float32 matrix: kept up to this many items.
+    max_items: int = Field(4096, ge=1, le=65_536)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cooccurrence or self.popularity)
+
+
 class RankingSettings(_Section):
-    """Top-K by a blend of the horizons' cosine similarities."""
+    """Top-K by a blend of the horizons' cosine similarities (and, optionally, the hybrid)."""
 
     k: int = Field(10, ge=1, le=1000)
     #: Horizon name → blend weight (normalised); must name horizons of ProfileSettings.
@@ -260,6 +283,7 @@ class RankingSettings(_Section):
     #: core. 1 because the event loop needs the other cores and idle BLAS threads spin:
     #: a third less CPU per event on 2 cores (BENCHMARKS.md, issue 6, 2026-11-25).
     blas_threads: int = Field(1, ge=0, le=256)
+    hybrid: HybridSettings = HybridSettings()
 
 
 class TuneSettings(_Section):
@@ -328,6 +352,9 @@ class Settings(BaseSettings):
         unknown = set(self.ranking.blend) - set(self.profile.half_lives_s)
         if unknown:
             raise ValueError(f"ranking.blend names unknown horizons {sorted(unknown)}")
+        if self.ranking.hybrid.enabled and self.ranking.hybrid.window > self.store.history_len:
+            raise ValueError(f"ranking.hybrid.window ({self.ranking.hybrid.window}) exceeds store.history_len "
+                             f"({self.store.history_len}): the window is read from the stored history")
         return self
 
 

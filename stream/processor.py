@@ -30,11 +30,12 @@ from stream.catalog import Catalogue
 from stream.config import EVENT_KINDS, Settings
 from stream.events import Event
 from stream.profile import apply_events, apply_one_each
-from stream.ranking import blend_queries, explain_positions, iter_blocks, score, top_k
+from stream.ranking import blend_queries, exclude_rows, explain_positions, iter_blocks, score, top_k
 from stream.rerank import excluded_rows, freshness, mmr, published_ms
+from stream.signals import ItemSignals, blend_signals
 from stream.windows import UserWindow
 
-__all__ = ["FlushResult", "Processor", "TextEncoder"]
+__all__ = ["FlushResult", "Processor", "ScoreParts", "TextEncoder", "with_history"]
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,28 @@ class FlushResult:
     users: int = 0
 
 
+@dataclass(slots=True)
+class ScoreParts:
+    """What a block of users' scores are made of, before exclusions and business rules:
+    (U, N) profile scores and, with the hybrid ranking, (U, N) item-kNN and (N,) or (U, N)
+    popularity scores (None when not kept)."""
+
+    profile: np.ndarray
+    cooccurrence: np.ndarray | None = None
+    popularity: np.ndarray | None = None
+
+
 class Processor:
-    """Applies windows to profiles and ranks the catalogue for the users they touched."""
+    """Applies windows to profiles and ranks the catalogue for the users they touched.
+
+    With ``ranking.hybrid`` weights (or ``keep_signals``) it owns :class:`ItemSignals`;
+    whoever owns the store keeps them in step with the stored histories (the worker through
+    the store's ``on_history_change``, replay event by event).
+    """
 
     def __init__(
-        self, settings: Settings, store: LmdbStore, catalogue: Catalogue, encoder: TextEncoder | None = None
+        self, settings: Settings, store: LmdbStore, catalogue: Catalogue, encoder: TextEncoder | None = None,
+        keep_signals: bool = False,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -82,6 +100,17 @@ class Processor:
         self._rule_columns: tuple[int, np.ndarray, np.ndarray] = (-1, np.zeros(0, bool), np.zeros(0))
         lateness = settings.windows.allowed_lateness_s
         self.lateness_ms = None if lateness is None else int(lateness * 1000)
+        hybrid = settings.ranking.hybrid
+        self.hybrid_weights = (hybrid.cooccurrence, hybrid.popularity)
+        self.signals = (ItemSignals(catalogue, hybrid.window, hybrid.popularity_half_life_s, hybrid.max_items)
+                        if hybrid.enabled or keep_signals else None)
+
+    def follow_store(self) -> None:
+        """Keep the hybrid's signals in step with every history the store commits (the
+        worker; replay advances them itself, event by event). Call :meth:`ItemSignals.rebuild`
+        for the histories already stored."""
+        if self.signals is not None:
+            self.store.on_history_change = self.signals.apply
 
     def new_profile(self, user_id: str) -> ProfileRecord:
         return ProfileRecord(
@@ -143,7 +172,7 @@ class Processor:
         )
         history = rec.history
         if self.adapter is not None:  # the query reads the most recent items by position
-            history = _with_history(history, [HistoryEntry(event.item_id, event.ts_ms, event.kind)],
+            history = with_history(history, [HistoryEntry(event.item_id, event.ts_ms, event.kind)],
                                     self.settings.store.history_len)
         return replace(rec, vectors=vectors, weights=weights, last_ts_ms=last, history=history)
 
@@ -177,8 +206,9 @@ class Processor:
                 """Apply the pending users' events (batched) and stage their records."""
                 self._apply_pending(pending)
                 for rec, _, _, _, items in pending:
+                    previous = rec.history  # what the store holds: put_profile needs no read-back
                     if items:
-                        rec.history = _with_history(rec.history, [HistoryEntry(e.item_id, e.ts_ms, e.kind) for e in items], history_len)
+                        rec.history = with_history(rec.history, [HistoryEntry(e.item_id, e.ts_ms, e.kind) for e in items], history_len)
                         for e in items:
                             rec.kind_counts[e.kind] += 1
                             kinds[EVENT_KINDS[e.kind]] += 1
@@ -186,7 +216,7 @@ class Processor:
                         rec.version += 1
                         txn.add_seen(rec.user_id, {e.item_id for e in items})
                     rec.updated_ms = now_ms
-                    txn.put_profile(rec)
+                    txn.put_profile(rec, previous)
                     if items:
                         updated.append(rec)
                         if recommend and self.settings.ranking.exclude_seen:
@@ -271,10 +301,33 @@ class Processor:
     def score_rows(self, profiles: list[ProfileRecord], exclude: list[np.ndarray]) -> np.ndarray:
         """(U, N) scores over catalogue rows, the ``exclude`` rows (seen items) at -inf.
 
-        The one scoring function: the worker takes its top-K (:meth:`top_rows`), replay the
-        target's rank.
+        The one scoring function: the worker takes its top-K (:meth:`top_rows`); replay, which
+        needs the signals of each evaluation's moment, calls its two steps, :meth:`score_parts`
+        and :meth:`combine`, itself.
         """
-        return self._business_rules(profiles, score(self.queries(profiles), self.catalogue.matrix, exclude))
+        if self.signals is None or not any(self.hybrid_weights):  # the profile alone, without a copy
+            return self._business_rules(profiles, score(self.queries(profiles), self.catalogue.matrix, exclude))
+        return self.combine(self.score_parts(profiles), profiles, exclude)
+
+    def score_parts(self, profiles: list[ProfileRecord], signals: tuple[np.ndarray, np.ndarray] | None = None) -> ScoreParts:
+        """The unmasked parts :meth:`combine` blends: profile scores and the kept signals
+        (``signals``: item-kNN and popularity scores to use instead of the current ones)."""
+        parts = ScoreParts(score(self.queries(profiles), self.catalogue.matrix, []))
+        if self.signals is not None:
+            if signals is None:
+                signals = (self.signals.cooccurrence_scores([p.history for p in profiles]), self.signals.popularity_scores())
+            parts.cooccurrence, parts.popularity = signals
+        return parts
+
+    def combine(self, parts: ScoreParts, profiles: list[ProfileRecord], exclude: list[np.ndarray],
+                weights: tuple[float, float] | None = None) -> np.ndarray:
+        """``parts`` blended with ``weights`` (default ``ranking.hybrid``'s; (0, 0): the profile
+        alone, unstandardised), ``exclude`` at -inf, then the business rules."""
+        weights = self.hybrid_weights if weights is None else weights
+        scores = parts.profile.copy()
+        if any(weights):
+            scores = blend_signals(scores, parts.cooccurrence, parts.popularity, weights)
+        return self._business_rules(profiles, exclude_rows(scores, exclude))
 
     def _business_rules(self, profiles: list[ProfileRecord], scores: np.ndarray) -> np.ndarray:
         """``ranking.exclude`` (-inf) and ``ranking.fresh_boost`` (added, at each user's last event time)."""
@@ -383,6 +436,6 @@ def _round6(scores: np.ndarray) -> np.ndarray:
 _Pending = tuple[ProfileRecord, list[np.ndarray], list[float], list[int], list[Event]]
 
 
-def _with_history(history: list[HistoryEntry], new: list[HistoryEntry], limit: int) -> list[HistoryEntry]:
+def with_history(history: list[HistoryEntry], new: list[HistoryEntry], limit: int) -> list[HistoryEntry]:
     """The newest ``limit`` entries of ``history + new`` in event-time order (stable for ties)."""
     return sorted(history + new, key=lambda h: h.ts_ms)[-limit:]

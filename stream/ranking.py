@@ -18,7 +18,7 @@ import numpy as np
 
 from stream.profile import normalised
 
-__all__ = ["BLOCK_USERS", "blend_queries", "explain", "explain_positions", "iter_blocks", "score", "top_k"]
+__all__ = ["BLOCK_USERS", "blend_queries", "exclude_rows", "explain", "explain_positions", "iter_blocks", "score", "top_k"]
 
 #: Users scored per matrix product: 256 × 100,000 items × 4 B = 100 MB of scores at most.
 BLOCK_USERS = 256
@@ -46,7 +46,11 @@ def score(queries: np.ndarray, items: np.ndarray, exclude: Sequence[np.ndarray])
     :param queries: (U, D) float32 from :func:`blend_queries`.
     :param items: (N, D) float32 unit rows (C-contiguous: ``queries @ items.T`` is one sgemm).
     """
-    scores = np.asarray(queries, np.float32) @ items.T
+    return exclude_rows(np.asarray(queries, np.float32) @ items.T, exclude)
+
+
+def exclude_rows(scores: np.ndarray, exclude: Sequence[np.ndarray]) -> np.ndarray:
+    """``scores`` with row ``u``'s ``exclude[u]`` columns set to -inf, in place; returns it."""
     lengths = [len(idx) for idx in exclude]
     if sum(lengths):  # one scatter for the whole block, no per-row Python
         rows = np.repeat(np.arange(len(lengths)), lengths)

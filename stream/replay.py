@@ -26,13 +26,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from store import LmdbStore
+from store import HistoryEntry, LmdbStore
 from stream.baselines import Baseline, default_baselines
 from stream.catalog import Catalogue
 from stream.config import Settings
 from stream.events import Event
 from stream.metrics import MetricAccumulator, rank_of_targets
-from stream.processor import Processor, TextEncoder
+from stream.processor import Processor, TextEncoder, with_history
 from stream.ranking import iter_blocks
 from stream.windows import UserWindow
 
@@ -109,6 +109,7 @@ def run_replay(
     progress: Callable[[int], None] | None = None,
     keep_ranks: bool = False,
     observe: Callable[[str, str, np.ndarray, int], None] | None = None,
+    observe_parts: Callable[[list[str], Callable[[tuple[float, float]], np.ndarray], np.ndarray], None] | None = None,
 ) -> dict[str, Any]:
     """Replay ``events`` (sorted by event time) and return the metrics report as a dict.
 
@@ -116,7 +117,14 @@ def run_replay(
     0-based rank), ``eval_months`` (the month of each test evaluation) and ``scores``
     (recstream's score of each test target and of its K-th best item), for reports.
     ``observe(role, model, scores, target_row)`` sees every evaluation's (N,) scores, seen
-    items at -inf, in the same order for every model (for studies such as ``bench.hybrid``).
+    items at -inf, in the same order for every model.
+    ``observe_parts(roles, combine, target_rows)`` sees each scored block of evaluations
+    with ``combine(weights)``, its (U, N) scores under other hybrid weights (for
+    :mod:`stream.hybrid`'s fit); it also makes the replay keep the signals.
+
+    With the hybrid ranking the item signals follow each user's history event by event, as
+    the worker's follow its committed histories, so every evaluation sees exactly the
+    signals of its moment.
     """
     started = time.perf_counter()
     k = settings.ranking.k
@@ -133,7 +141,10 @@ def run_replay(
     with tempfile.TemporaryDirectory(prefix="recstream-replay-") as tmp:
         store = LmdbStore(Path(tmp) / "store.lmdb", map_size_mb=settings.store.map_size_mb, durable=False,
                           vector_dtype=settings.store.vector_dtype)
-        processor = Processor(settings, store, catalogue, encoder)
+        processor = Processor(settings, store, catalogue, encoder, keep_signals=observe_parts is not None)
+        signals = processor.signals
+        histories: dict[str, list[HistoryEntry]] = defaultdict(list)  # as the flush stores them
+        history_len = settings.store.history_len
         tuned_items = set(processor.adapter.residual_rows()) if processor.adapter is not None else None
 
         def process(chunk: list[int]) -> None:
@@ -144,6 +155,7 @@ def run_replay(
             state = {u: stored.get(u) or processor.new_profile(u) for u in eval_users}
             texts = processor.text_vectors(events[i] for i in chunk)  # event texts, as the flush embeds them
             snapshots, excludes, targets, evaluated = [], [], [], []
+            cooc_rows, pop_rows = [], []  # the signals at each evaluation's moment
             for i in chunk:  # sequential test-then-train, exact per event
                 e = events[i]
                 user, role, row = e.user_id, roles.get(i), catalogue.index.get(e.item_id)
@@ -159,6 +171,9 @@ def run_replay(
                         exclude = np.fromiter(seen_rows[user], np.int64, len(seen_rows[user]))
                         snapshots.append(state[user])
                         excludes.append(exclude)
+                        if signals is not None:
+                            cooc_rows.append(signals.cooccurrence_scores([histories[user]])[0])
+                            pop_rows.append(signals.popularity_scores())
                         targets.append(row)
                         evaluated.append(role)
                         for b in baselines:
@@ -177,12 +192,22 @@ def run_replay(
                     for b in baselines:
                         b.update(user, row, e.ts_ms)
                     seen_rows[user].add(row)
+                if signals is not None and processor.embedding(e, texts) is not None:
+                    before = histories[user]
+                    histories[user] = with_history(before, [HistoryEntry(e.item_id, e.ts_ms, e.kind)], history_len)
+                    signals.replace(before, histories[user])
                 if user in state:
                     state[user] = processor.fold(state[user], e, texts)
                 prior[user] += 1
                 applied_until = max(applied_until, e.ts_ms)
             for part in iter_blocks(len(snapshots)):  # the worker's scoring, in its blocks
-                scores = processor.score_rows(snapshots[part], excludes[part])
+                moment = None if signals is None else (np.stack(cooc_rows[part]), np.stack(pop_rows[part]))
+                block, block_exclude = snapshots[part], excludes[part]
+                parts = processor.score_parts(block, moment)
+                if observe_parts is not None:
+                    observe_parts(evaluated[part], lambda w, p=parts, b=block, x=block_exclude: processor.combine(p, b, x, w),
+                                  np.array(targets[part]))
+                scores = processor.combine(parts, block, block_exclude)
                 target_rows = np.array(targets[part])
                 ranks = rank_of_targets(scores, target_rows)
                 top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if n_items > k else np.tile(np.arange(n_items), (len(ranks), 1))
@@ -203,9 +228,11 @@ def run_replay(
             if progress is not None:
                 progress(len(chunk))
 
+        # each evaluation holds (N,) signal rows until its chunk is scored: bound them
+        max_chunk = MAX_CHUNK if signals is None else max(64, min(MAX_CHUNK, 50_000_000 // (8 * max(n_items, 1))))
         chunk: list[int] = []
         for i in range(len(events)):
-            if len(chunk) >= MAX_CHUNK:
+            if len(chunk) >= max_chunk:
                 process(chunk)
                 chunk = []
             chunk.append(i)

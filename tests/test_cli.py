@@ -30,6 +30,12 @@ def test_errors_are_one_line(args, needle):
     assert needle in lines[0]
 
 
+def test_fit_hybrid_outside_leave_last_out_is_a_usage_error():
+    out = recstream("replay", "--dataset", "ml-100k", "--protocol", "prequential", "--fit-hybrid")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "Error: --fit-hybrid needs the leave-last-out protocol" in out.stderr
+
+
 def test_malformed_event_file_names_the_line(tmp_path):
     events = tmp_path / "events.jsonl"
     events.write_text('{"user_id": "1", "item_id": "2", "ts": 1}\n{broken\n')
