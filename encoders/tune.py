@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -292,6 +293,8 @@ def tune(
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best_state, best_hr = None, -1.0
     deadline = started + cfg.max_minutes * 60
+    schedule = _lr_schedule(cfg, time.monotonic(), deadline, cfg.epochs * -(-len(train) // cfg.batch_size))
+    step = 0
     for epoch in range(cfg.epochs):
         model.train()
         order = rng.permutation(len(train))
@@ -302,7 +305,10 @@ def tune(
             loss = torch.nn.functional.cross_entropy(logits, target)
             optimiser.zero_grad()
             loss.backward()
+            for group in optimiser.param_groups:
+                group["lr"] = schedule(step)
             optimiser.step()
+            step += 1
             total += loss.item() * len(sel)
             if time.monotonic() > deadline:
                 break
@@ -332,6 +338,19 @@ def tune(
         "newest_event_ms": max(e.ts_ms for e in events),  # evaluations after this are out of sample
     }, indent=2))
     return report
+
+
+def _lr_schedule(cfg: Any, train_start: float, deadline: float, total_steps: int) -> Callable[[int], float]:
+    """The learning rate at a step: ``cfg.lr`` throughout, or a cosine from ``cfg.lr`` to 0
+    over the run's progress, the larger of its share of the steps and of the time budget."""
+    if cfg.lr_schedule == "constant":
+        return lambda step: cfg.lr
+
+    def cosine(step: int) -> float:
+        progress = max(step / max(total_steps, 1), (time.monotonic() - train_start) / max(deadline - train_start, 1e-9))
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return cosine
 
 
 def _adapter(model, item_ids: list[str], trainable: np.ndarray, cfg: Any, vocabulary: list[str]) -> Adapter:

@@ -302,6 +302,10 @@ class TuneSettings(_Section):
     #: batches (fewer steps) are what makes an epoch cheap.
     batch_size: int = Field(1024, ge=8, le=65536)
     lr: float = Field(4e-3, gt=0, le=1.0)
+    #: ``cosine``: the learning rate falls from ``lr`` to 0 over the run (whichever of
+    #: ``epochs`` and ``max_minutes`` ends it first), so the last epochs settle instead of
+    #: swinging; ``constant``: ``lr`` throughout.
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
     weight_decay: float = Field(1e-4, ge=0)
     #: Earlier events a training context holds for the decayed horizons (serving uses all).
     context: int = Field(100, ge=1, le=10_000)

@@ -104,6 +104,8 @@ class Processor:
         self.hybrid_weights = (hybrid.cooccurrence, hybrid.popularity)
         self.signals = (ItemSignals(catalogue, hybrid.window, hybrid.popularity_half_life_s, hybrid.max_items)
                         if hybrid.enabled or keep_signals else None)
+        #: (catalogue version, (D, D) covariance of the item rows) for the hybrid's ``because``.
+        self._item_covariance: tuple[int, np.ndarray] = (-1, np.zeros((0, 0)))
 
     def follow_store(self) -> None:
         """Keep the hybrid's signals in step with every history the store commits (the
@@ -404,7 +406,9 @@ class Processor:
 
     def _because(self, block: list[ProfileRecord], rows: np.ndarray, item_ids: np.ndarray) -> list[list[list[str]]]:
         """Per user and recommended row, the ids of the ``ranking.because`` most similar
-        distinct history items (newest first on ties), as :func:`stream.ranking.explain` picks them."""
+        distinct history items (newest first on ties), as :func:`stream.ranking.explain` picks
+        them; with the hybrid's co-occurrence, similarity plus each item's co-occurrence share
+        (:meth:`_cooccurrence_share`), so the items that drove a recommendation are named."""
         index = self.catalogue.index
         histories = [[i for i in dict.fromkeys([h.item_id for h in reversed(p.history)]) if i in index] for p in block]
         m = max(map(len, histories), default=0)
@@ -414,10 +418,36 @@ class Processor:
         hist = np.full((len(block), m), -1, np.int64)
         for u, h in enumerate(histories):
             hist[u, : len(h)] = [index[i] for i in h]
-        positions = explain_positions(self.catalogue.matrix, np.maximum(rows, 0), hist, n)
+        recs = np.maximum(rows, 0)
+        positions = explain_positions(self.catalogue.matrix, recs, hist, n, self._cooccurrence_share(block, recs, hist, histories))
         names = item_ids[np.maximum(hist, 0)]  # padding positions only sort after every real one
         because = names[np.arange(len(block))[:, None, None], positions].tolist()
         return [why if len(h) >= n else [w[: len(h)] for w in why] for why, h in zip(because, histories)]
+
+
+    def _cooccurrence_share(self, block: list[ProfileRecord], recs: np.ndarray, hist: np.ndarray,
+                            histories: list[list[str]]) -> np.ndarray | None:
+        """With the hybrid's co-occurrence, what each history item adds to the explanation
+        score of each recommended item, in similarity units: the blend standardises the
+        profile's scores by their spread σ_p and item-kNN's by σ_c, so an item-kNN share
+        ``c`` counts as ``cooccurrence · σ_p / σ_c · c`` beside a similarity. None without it."""
+        weight = self.hybrid_weights[0]
+        if not weight or self.signals is None or not self.signals.cooc_enabled:
+            return None
+        queries = self.queries(block)
+        if self._item_covariance[0] != self.catalogue.version:
+            matrix = self.catalogue.matrix.astype(np.float64)
+            centred = matrix - matrix.mean(axis=0)
+            self._item_covariance = (self.catalogue.version, centred.T @ centred / max(len(matrix), 1))
+        # the spread of q·e over the catalogue, without scoring it again: sqrt(q' Cov q)
+        sigma_p = np.sqrt(np.maximum(np.einsum("ud,de,ue->u", queries, self._item_covariance[1], queries), 0.0))
+        sigma_c = self.signals.cooccurrence_scores([p.history for p in block]).std(axis=1)
+        scale = np.divide(weight * sigma_p, sigma_c, out=np.zeros_like(sigma_p), where=sigma_c > 0)
+        in_window = np.zeros(hist.shape, np.float32)
+        for u, (p, names) in enumerate(zip(block, histories)):
+            counts = Counter(h.item_id for h in p.history[-self.signals.window :])
+            in_window[u, : len(names)] = [counts.get(name, 0) for name in names]
+        return (scale[:, None, None] * self.signals.pair_strength(recs, hist, in_window)).astype(np.float32)
 
 
 def _round6(scores: np.ndarray) -> np.ndarray:

@@ -129,13 +129,17 @@ def explain(
     return [[history_ids[j] for j in row] for row in best]
 
 
-def explain_positions(matrix: np.ndarray, recs: np.ndarray, hist: np.ndarray, n: int) -> np.ndarray:
+def explain_positions(matrix: np.ndarray, recs: np.ndarray, hist: np.ndarray, n: int,
+                      extra: np.ndarray | None = None) -> np.ndarray:
     """(U, k, n) positions into each row of ``hist`` of the ``n`` history items most similar
     to each of ``recs``, best first (ties: earlier position), padding (-1 rows) last.
 
     :param recs: (U, k) catalogue rows of the recommended items (any valid row as padding).
     :param hist: (U, m) catalogue rows of the users' distinct history items, -1 padded; n <= m.
+    :param extra: (U, k, m) added to the similarities (the hybrid's co-occurrence share).
     """
     sims = matrix[recs] @ matrix[np.maximum(hist, 0)].transpose(0, 2, 1)  # (U, k, m)
+    if extra is not None:
+        sims += extra
     sims[np.broadcast_to((hist < 0)[:, None, :], sims.shape)] = -np.inf  # padding sorts last
     return np.argsort(-sims, axis=2, kind="stable")[:, :, :n]

@@ -106,6 +106,21 @@ class ItemSignals:
         out /= norm
         return out
 
+    def pair_strength(self, recs: np.ndarray, hist: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """(U, k, m) each history item's share of each recommended item's item-kNN score,
+        ``weight · C[h, i] / sqrt(n_h n_i)``: what :meth:`cooccurrence_scores` sums.
+
+        :param recs: (U, k) catalogue rows; ``hist``: (U, m) rows, -1 padded;
+            ``weight``: (U, m) how often each history item is in the user's window (0 outside).
+        """
+        self._grow()
+        if not self.cooc_enabled or not self.size:
+            return np.zeros((*recs.shape, hist.shape[1]), np.float32)
+        norm = np.sqrt(np.maximum(self.counts, 1.0)).astype(np.float32)
+        rows = np.maximum(hist, 0)
+        pair = self._cooc[rows[:, None, :], recs[:, :, None]]  # (U, k, m): C[h, i]
+        return pair * (weight / norm[rows])[:, None, :] / norm[recs][:, :, None]
+
     def popularity_scores(self) -> np.ndarray:
         """(N,) float32 decayed popularity (up to a common factor, which no ranking sees)."""
         self._grow()

@@ -40,7 +40,7 @@ def recommendation_for(settings, user: str, event_count: int, timeout_s: float =
     raise AssertionError(f"no recommendation for {user} at {event_count} events")
 
 
-def offline(settings, store_path, user: str, weights: tuple[float, float]) -> list[tuple[str, float]]:
+def offline(settings, store_path, user: str, weights: tuple[float, float]) -> list[dict]:
     """The user's top-K computed from the stopped worker's store, signals rebuilt from it."""
     hybrid = settings.model_copy(update={"ranking": settings.ranking.model_copy(update={
         "hybrid": settings.ranking.hybrid.model_copy(update={"cooccurrence": weights[0], "popularity": weights[1]})})})
@@ -54,7 +54,7 @@ def offline(settings, store_path, user: str, weights: tuple[float, float]) -> li
         processor = Processor(hybrid, store, catalogue, keep_signals=True)
         processor.signals.rebuild(store)
         (rec,) = processor.recommend([profile], {user: seen})
-    return [(i["item_id"], i["score"]) for i in rec["items"]]
+    return rec["items"]
 
 
 def probe(producer, settings, user: str, item: str, ts: int) -> None:
@@ -81,7 +81,7 @@ def test_worker_recommendations_follow_the_stored_histories_across_a_restart(set
     finally:
         stop(proc)
     assert_same(sent, offline(settings, store, first, (1.0, 0.5)))
-    assert [i["item_id"] for i in sent["items"]] != [i for i, _ in offline(settings, store, first, (0.0, 0.0))]  # the blend mattered
+    assert [i["item_id"] for i in sent["items"]] != [i["item_id"] for i in offline(settings, store, first, (0.0, 0.0))]  # the blend mattered
 
     proc = start_worker(settings, store, log, group, **WEIGHTS)  # restarted: signals rebuilt from LMDB
     try:
@@ -94,6 +94,7 @@ def test_worker_recommendations_follow_the_stored_histories_across_a_restart(set
     assert_same(sent, offline(settings, store, second, (1.0, 0.5)))
 
 
-def assert_same(sent: dict, want: list[tuple[str, float]]) -> None:
-    assert [i["item_id"] for i in sent["items"]] == [i for i, _ in want]
-    np.testing.assert_allclose([i["score"] for i in sent["items"]], [s for _, s in want], atol=2e-6)
+def assert_same(sent: dict, want: list[dict]) -> None:
+    """Same items, scores and ``because`` lists (which the hybrid's co-occurrence shapes too)."""
+    assert [(i["item_id"], i["because"]) for i in sent["items"]] == [(i["item_id"], i["because"]) for i in want]
+    np.testing.assert_allclose([i["score"] for i in sent["items"]], [i["score"] for i in want], atol=2e-6)

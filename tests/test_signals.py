@@ -18,6 +18,7 @@ from stream.signals import ItemSignals, blend_signals, zscore_rows
 from tests.test_replay import clustered_world
 
 DAY_MS = 86_400_000
+
 T0 = 1_700_000_000_000
 
 
@@ -231,3 +232,38 @@ def test_window_longer_than_the_stored_history_is_refused():
     with pytest.raises(ValueError, match="history_len"):
         load_settings(None, store={"history_len": 10}, ranking={"hybrid": {"cooccurrence": 1.0, "window": 20}})
     load_settings(None, store={"history_len": 10})  # hybrid off: the window is not read
+
+
+def test_because_names_the_items_that_co_occur_when_the_hybrid_ranks(tmp_path):
+    """``t`` looks like ``y`` but is consumed with ``x``: the profile alone explains ``t`` by
+    ``y``; the hybrid, where co-occurrence drives it, by ``x``."""
+    catalogue = Catalogue(4)
+    basis = np.eye(4, dtype=np.float32)
+    catalogue.upsert("x", basis[0])
+    catalogue.upsert("t", basis[1])
+    y = basis[1] + 0.1 * basis[2]
+    catalogue.upsert("y", y / np.linalg.norm(y))
+    for i in range(9):
+        v = np.random.default_rng(i).normal(size=4).astype(np.float32)
+        catalogue.upsert(f"f{i}", v / np.linalg.norm(v))
+    from stream.events import Event
+    from stream.windows import UserWindow
+
+    windows = []
+    for u in range(30):
+        w = UserWindow(f"c{u}")
+        w.events = [Event(f"c{u}", item, T0 + 1000 * u + n, 0, "s:0", 2 * u + n) for n, item in enumerate(("x", "t"))]
+        windows.append(w)
+    me = UserWindow("me")
+    me.events = [Event("me", item, T0 + 100_000 + n, 0, "s:0", 100 + n) for n, item in enumerate(("x", "y"))]
+    explained = {}
+    for name, weights in (("profile", (0.0, 0.0)), ("hybrid", (5.0, 0.0))):
+        settings = load_settings(None, ranking={"because": 1, "hybrid": {"cooccurrence": weights[0], "popularity": weights[1]}})
+        with LmdbStore(tmp_path / f"{name}.lmdb", durable=False) as store:
+            processor = Processor(settings, store, catalogue)
+            processor.follow_store()
+            processor.flush(windows, now_ms=0, recommend=False)
+            (rec,) = processor.flush([me], now_ms=0).recommendations
+        explained[name] = {i["item_id"]: i["because"] for i in rec["items"]}
+    assert explained["profile"]["t"] == ["y"]
+    assert explained["hybrid"]["t"] == ["x"]

@@ -16,7 +16,7 @@ from encoders import CachedEncoder, EmbeddingCache, EncoderError, OnnxTextEncode
 from dataclasses import replace
 
 from encoders.adapter import ADAPTER_FILE, Adapter, fact_key
-from encoders.tune import build_training_data, fact_vocabulary, tune
+from encoders.tune import _lr_schedule, build_training_data, fact_vocabulary, tune
 from stream.catalog import Catalogue, item_text
 from stream.config import load_settings
 from stream.events import Event
@@ -47,6 +47,22 @@ def test_training_data_never_sees_a_users_last_two_events_or_the_future():
     # the widest context of user a's validation example holds its 4 previous events, newest last
     assert valid.ctx_rows[0].tolist() == [0, 1, 2, 3]
     assert valid.ctx_age_s[0].tolist() == [3.0, 2.0, 1.0, 0.0]
+
+
+def test_cosine_schedule_falls_from_lr_to_zero_by_steps_or_by_time():
+    import time
+
+    cfg = load_settings(None).tune
+    now = time.monotonic()
+    by_steps = _lr_schedule(cfg, now, now + 3600, total_steps=100)  # the budget is far: steps decide
+    rates = [by_steps(step) for step in range(0, 101, 10)]
+    assert rates[0] == pytest.approx(cfg.lr, rel=1e-3) and rates[-1] == pytest.approx(0.0, abs=1e-12)
+    assert rates[5] == pytest.approx(cfg.lr / 2, rel=1e-2)
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    by_time = _lr_schedule(cfg, now - 10, now, total_steps=10**9)  # the budget is spent: time decides
+    assert by_time(1) == pytest.approx(0.0, abs=1e-12)
+    constant = _lr_schedule(cfg.model_copy(update={"lr_schedule": "constant"}), now, now, total_steps=1)
+    assert constant(0) == constant(10**6) == cfg.lr
 
 
 def test_held_out_items_are_absent_from_training():
