@@ -104,8 +104,6 @@ class Processor:
         self.hybrid_weights = (hybrid.cooccurrence, hybrid.popularity)
         self.signals = (ItemSignals(catalogue, hybrid.window, hybrid.popularity_half_life_s, hybrid.max_items)
                         if hybrid.enabled or keep_signals else None)
-        #: (catalogue version, (D, D) covariance of the item rows) for the hybrid's ``because``.
-        self._item_covariance: tuple[int, np.ndarray] = (-1, np.zeros((0, 0)))
 
     def follow_store(self) -> None:
         """Keep the hybrid's signals in step with every history the store commits (the
@@ -348,18 +346,38 @@ class Processor:
             scores += np.float32(r.fresh_boost) * freshness(published, now, r.fresh_half_life_s)
         return scores
 
-    def top_rows(self, profiles: list[ProfileRecord], seen: dict[str, set[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    def top_rows(self, profiles: list[ProfileRecord], seen: dict[str, set[str]],
+                 k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(U, k) best catalogue rows and scores: :meth:`score_rows` in blocks of users, so
         a flush holds at most ``ranking.BLOCK_USERS`` × N scores whatever its size. With
-        ``ranking.diversity`` the best ``diversity_pool`` are re-ordered by MMR first."""
+        ``ranking.diversity`` the best ``diversity_pool`` are re-ordered by MMR first.
+
+        The third value, with the hybrid's co-occurrence, is each user's (U,) scale of an
+        item-kNN share beside a similarity in ``because`` (:meth:`_because`); else None.
+        """
         exclude = [self.catalogue.indices(seen.get(p.user_id, set())) for p in profiles]
         diversity = self.settings.ranking.diversity
         pool = max(k, self.settings.ranking.diversity_pool) if diversity else k
-        parts = []
+        explained = bool(self.hybrid_weights[0]) and self.signals is not None and self.signals.cooc_enabled
+        parts, scales = [], []
         for b in iter_blocks(len(profiles)):
-            rows, scores = top_k(self.score_rows(profiles[b], exclude[b]), pool)
+            if explained:
+                block_parts = self.score_parts(profiles[b])
+                block_scores = self.combine(block_parts, profiles[b], exclude[b])
+                scales.append(self._share_scale(block_parts))
+            else:
+                block_scores = self.score_rows(profiles[b], exclude[b])
+            rows, scores = top_k(block_scores, pool)
             parts.append(mmr(rows, scores, self.catalogue.matrix, k, diversity) if diversity else (rows, scores))
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                np.concatenate(scales) if scales else None)
+
+    def _share_scale(self, parts: ScoreParts) -> np.ndarray:
+        """(U,) ``cooccurrence · σ_p / σ_c``: the blend standardises the profile's scores by their
+        spread σ_p and item-kNN's by σ_c, so an item-kNN share ``c`` weighs as much as a
+        similarity of ``cooccurrence · σ_p / σ_c · c`` (0 where item-kNN is flat)."""
+        sigma_p, sigma_c = parts.profile.std(axis=1), parts.cooccurrence.std(axis=1)
+        return np.divide(self.hybrid_weights[0] * sigma_p, sigma_c, out=np.zeros_like(sigma_p), where=sigma_c > 0)
 
     def queries(self, profiles: list[ProfileRecord]) -> np.ndarray:
         """(U, D) query vectors: the blend of unit horizons, or a tuned model's query MLP."""
@@ -384,14 +402,14 @@ class Processor:
         """
         if not profiles or len(self.catalogue) == 0:
             return []
-        best, scores = self.top_rows(profiles, seen, self.settings.ranking.k)
+        best, scores, scales = self.top_rows(profiles, seen, self.settings.ranking.k)
         item_ids = np.asarray(self.catalogue.ids, dtype=object)
         rounded = _round6(scores)
         out = []
         for b in iter_blocks(len(profiles)):
             block, rows = profiles[b], best[b]
             kept = (rows >= 0).sum(axis=1).tolist()  # -1 (nothing left to rank) only trails
-            because = self._because(block, rows, item_ids)
+            because = self._because(block, rows, item_ids, None if scales is None else scales[b])
             for p, n, ids, row_scores, why in zip(block, kept, item_ids[np.maximum(rows, 0)].tolist(), rounded[b].tolist(), because):
                 out.append(
                     {
@@ -404,11 +422,13 @@ class Processor:
                 )
         return out
 
-    def _because(self, block: list[ProfileRecord], rows: np.ndarray, item_ids: np.ndarray) -> list[list[list[str]]]:
+    def _because(self, block: list[ProfileRecord], rows: np.ndarray, item_ids: np.ndarray,
+                 scale: np.ndarray | None = None) -> list[list[list[str]]]:
         """Per user and recommended row, the ids of the ``ranking.because`` most similar
         distinct history items (newest first on ties), as :func:`stream.ranking.explain` picks
-        them; with the hybrid's co-occurrence, similarity plus each item's co-occurrence share
-        (:meth:`_cooccurrence_share`), so the items that drove a recommendation are named."""
+        them; with the hybrid's co-occurrence (``scale``, from :meth:`top_rows`), similarity
+        plus ``scale`` × each item's share of the item-kNN score, so the items that drove a
+        recommendation are named."""
         index = self.catalogue.index
         histories = [[i for i in dict.fromkeys([h.item_id for h in reversed(p.history)]) if i in index] for p in block]
         m = max(map(len, histories), default=0)
@@ -419,30 +439,19 @@ class Processor:
         for u, h in enumerate(histories):
             hist[u, : len(h)] = [index[i] for i in h]
         recs = np.maximum(rows, 0)
-        positions = explain_positions(self.catalogue.matrix, recs, hist, n, self._cooccurrence_share(block, recs, hist, histories))
+        positions = explain_positions(self.catalogue.matrix, recs, hist, n,
+                                      self._cooccurrence_share(block, recs, hist, histories, scale))
         names = item_ids[np.maximum(hist, 0)]  # padding positions only sort after every real one
         because = names[np.arange(len(block))[:, None, None], positions].tolist()
         return [why if len(h) >= n else [w[: len(h)] for w in why] for why, h in zip(because, histories)]
 
 
     def _cooccurrence_share(self, block: list[ProfileRecord], recs: np.ndarray, hist: np.ndarray,
-                            histories: list[list[str]]) -> np.ndarray | None:
-        """With the hybrid's co-occurrence, what each history item adds to the explanation
-        score of each recommended item, in similarity units: the blend standardises the
-        profile's scores by their spread σ_p and item-kNN's by σ_c, so an item-kNN share
-        ``c`` counts as ``cooccurrence · σ_p / σ_c · c`` beside a similarity. None without it."""
-        weight = self.hybrid_weights[0]
-        if not weight or self.signals is None or not self.signals.cooc_enabled:
+                            histories: list[list[str]], scale: np.ndarray | None) -> np.ndarray | None:
+        """(U, k, m) ``scale`` × each history item's item-kNN share of each recommended item
+        (its count in the user's co-occurrence window weighs it); None without a scale."""
+        if scale is None or self.signals is None:
             return None
-        queries = self.queries(block)
-        if self._item_covariance[0] != self.catalogue.version:
-            matrix = self.catalogue.matrix.astype(np.float64)
-            centred = matrix - matrix.mean(axis=0)
-            self._item_covariance = (self.catalogue.version, centred.T @ centred / max(len(matrix), 1))
-        # the spread of q·e over the catalogue, without scoring it again: sqrt(q' Cov q)
-        sigma_p = np.sqrt(np.maximum(np.einsum("ud,de,ue->u", queries, self._item_covariance[1], queries), 0.0))
-        sigma_c = self.signals.cooccurrence_scores([p.history for p in block]).std(axis=1)
-        scale = np.divide(weight * sigma_p, sigma_c, out=np.zeros_like(sigma_p), where=sigma_c > 0)
         in_window = np.zeros(hist.shape, np.float32)
         for u, (p, names) in enumerate(zip(block, histories)):
             counts = Counter(h.item_id for h in p.history[-self.signals.window :])
