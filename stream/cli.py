@@ -503,7 +503,7 @@ def replay(obj: _Obj, dataset, events_path, items_path, source, protocol, k, as_
     result = _run_with_progress(settings, events, items, protocol, quiet=as_json, keep_ranks=report_dir is not None,
                                 observe_parts=fit.observe if fit else None)
     if fit is not None:
-        result["hybrid_fit"] = fit.fit()
+        result["hybrid_fit"] = fit.fit(cold="item" in result["segments"])  # a tuned model: it has cold items
     if report_dir is not None:
         from stream.report import write_report
 

@@ -248,6 +248,10 @@ class HybridSettings(_Section):
 
     cooccurrence: float = Field(0.0, ge=0.0, le=1000.0)
     popularity: float = Field(0.0, ge=0.0, le=1000.0)
+    #: Added to the two weights for the items a tuned model never saw in tuning (embedded from
+    #: their text alone, so the stream knows them better than the model); no effect without one.
+    cold_cooccurrence: float = Field(0.0, ge=0.0, le=1000.0)
+    cold_popularity: float = Field(0.0, ge=0.0, le=1000.0)
     #: Co-occurrence counts pairs among each user's last ``window`` history items, and a
     #: user's item-kNN scores come from their own last ``window`` (at most ``store.history_len``).
     window: int = Field(20, ge=2, le=10_000)
@@ -256,8 +260,13 @@ class HybridSettings(_Section):
     max_items: int = Field(4096, ge=1, le=65_536)
 
     @property
+    def weights(self) -> tuple[float, float, float, float]:
+        """(cooccurrence, popularity, cold_cooccurrence, cold_popularity)."""
+        return (self.cooccurrence, self.popularity, self.cold_cooccurrence, self.cold_popularity)
+
+    @property
     def enabled(self) -> bool:
-        return bool(self.cooccurrence or self.popularity)
+        return any(self.weights)
 
 
 class RankingSettings(_Section):

@@ -101,9 +101,10 @@ class Processor:
         lateness = settings.windows.allowed_lateness_s
         self.lateness_ms = None if lateness is None else int(lateness * 1000)
         hybrid = settings.ranking.hybrid
-        self.hybrid_weights = (hybrid.cooccurrence, hybrid.popularity)
+        self.hybrid_weights = hybrid.weights
         self.signals = (ItemSignals(catalogue, hybrid.window, hybrid.popularity_half_life_s, hybrid.max_items)
                         if hybrid.enabled or keep_signals else None)
+        self._cold_columns: tuple[int, np.ndarray] = (-1, np.zeros(0, np.float32))  # for _cold_items
 
     def follow_store(self) -> None:
         """Keep the hybrid's signals in step with every history the store commits (the
@@ -320,14 +321,32 @@ class Processor:
         return parts
 
     def combine(self, parts: ScoreParts, profiles: list[ProfileRecord], exclude: list[np.ndarray],
-                weights: tuple[float, float] | None = None) -> np.ndarray:
-        """``parts`` blended with ``weights`` (default ``ranking.hybrid``'s; (0, 0): the profile
-        alone, unstandardised), ``exclude`` at -inf, then the business rules."""
+                weights: tuple[float, float, float, float] | None = None) -> np.ndarray:
+        """``parts`` blended with ``weights`` (default ``ranking.hybrid.weights``; all 0: the
+        profile alone, unstandardised), ``exclude`` at -inf, then the business rules."""
         weights = self.hybrid_weights if weights is None else weights
         scores = parts.profile.copy()
         if any(weights):
-            scores = blend_signals(scores, parts.cooccurrence, parts.popularity, weights)
+            scores = blend_signals(scores, parts.cooccurrence, parts.popularity, self._item_weights(weights))
         return self._business_rules(profiles, exclude_rows(scores, exclude))
+
+    def _item_weights(self, weights: tuple[float, float, float, float]) -> tuple[float | np.ndarray, float | np.ndarray]:
+        """The (co-occurrence, popularity) weights, per item where the cold weights apply."""
+        cooc, pop, cold_cooc, cold_pop = weights
+        cold = self._cold_items()
+        if cold is None or not (cold_cooc or cold_pop):
+            return cooc, pop
+        return cooc + cold_cooc * cold, pop + cold_pop * cold
+
+    def _cold_items(self) -> np.ndarray | None:
+        """(N,) 1.0 for the items the tuned model never saw in tuning, else 0; None untuned."""
+        if self.adapter is None:
+            return None
+        if self._cold_columns[0] != self.catalogue.version:
+            tuned = self.adapter.residual_rows()
+            cold = np.array([item_id not in tuned for item_id in self.catalogue.ids], np.float32)
+            self._cold_columns = (self.catalogue.version, cold)
+        return self._cold_columns[1]
 
     def _business_rules(self, profiles: list[ProfileRecord], scores: np.ndarray) -> np.ndarray:
         """``ranking.exclude`` (-inf) and ``ranking.fresh_boost`` (added, at each user's last event time)."""
@@ -358,7 +377,8 @@ class Processor:
         exclude = [self.catalogue.indices(seen.get(p.user_id, set())) for p in profiles]
         diversity = self.settings.ranking.diversity
         pool = max(k, self.settings.ranking.diversity_pool) if diversity else k
-        explained = bool(self.hybrid_weights[0]) and self.signals is not None and self.signals.cooc_enabled
+        cooc_weight = self._item_weights(self.hybrid_weights)[0]
+        explained = bool(np.any(cooc_weight)) and self.signals is not None and self.signals.cooc_enabled
         parts, scales = [], []
         for b in iter_blocks(len(profiles)):
             if explained:
@@ -373,11 +393,11 @@ class Processor:
                 np.concatenate(scales) if scales else None)
 
     def _share_scale(self, parts: ScoreParts) -> np.ndarray:
-        """(U,) ``cooccurrence · σ_p / σ_c``: the blend standardises the profile's scores by their
-        spread σ_p and item-kNN's by σ_c, so an item-kNN share ``c`` weighs as much as a
-        similarity of ``cooccurrence · σ_p / σ_c · c`` (0 where item-kNN is flat)."""
+        """(U,) ``σ_p / σ_c``: the blend standardises the profile's scores by their spread σ_p
+        and item-kNN's by σ_c, so an item-kNN share ``c`` of an item with co-occurrence weight
+        ``w`` weighs as much as a similarity of ``w · σ_p / σ_c · c`` (0 where item-kNN is flat)."""
         sigma_p, sigma_c = parts.profile.std(axis=1), parts.cooccurrence.std(axis=1)
-        return np.divide(self.hybrid_weights[0] * sigma_p, sigma_c, out=np.zeros_like(sigma_p), where=sigma_c > 0)
+        return np.divide(sigma_p, sigma_c, out=np.zeros_like(sigma_p), where=sigma_c > 0)
 
     def queries(self, profiles: list[ProfileRecord]) -> np.ndarray:
         """(U, D) query vectors: the blend of unit horizons, or a tuned model's query MLP."""
@@ -448,15 +468,18 @@ class Processor:
 
     def _cooccurrence_share(self, block: list[ProfileRecord], recs: np.ndarray, hist: np.ndarray,
                             histories: list[list[str]], scale: np.ndarray | None) -> np.ndarray | None:
-        """(U, k, m) ``scale`` × each history item's item-kNN share of each recommended item
-        (its count in the user's co-occurrence window weighs it); None without a scale."""
+        """(U, k, m) ``scale`` × the recommended item's co-occurrence weight × each history
+        item's item-kNN share of it (its count in the user's co-occurrence window weighs it);
+        None without a scale."""
         if scale is None or self.signals is None:
             return None
+        weight = np.broadcast_to(np.asarray(self._item_weights(self.hybrid_weights)[0], np.float32), (len(self.catalogue),))
         in_window = np.zeros(hist.shape, np.float32)
         for u, (p, names) in enumerate(zip(block, histories)):
             counts = Counter(h.item_id for h in p.history[-self.signals.window :])
             in_window[u, : len(names)] = [counts.get(name, 0) for name in names]
-        return (scale[:, None, None] * self.signals.pair_strength(recs, hist, in_window)).astype(np.float32)
+        share = self.signals.pair_strength(recs, hist, in_window)
+        return (scale[:, None, None] * weight[recs][:, :, None] * share).astype(np.float32)
 
 
 def _round6(scores: np.ndarray) -> np.ndarray:

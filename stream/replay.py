@@ -109,7 +109,7 @@ def run_replay(
     progress: Callable[[int], None] | None = None,
     keep_ranks: bool = False,
     observe: Callable[[str, str, np.ndarray, int], None] | None = None,
-    observe_parts: Callable[[list[str], Callable[[tuple[float, float]], np.ndarray], np.ndarray], None] | None = None,
+    observe_parts: Callable[[list[str], Callable[[tuple[float, ...]], np.ndarray], np.ndarray], None] | None = None,
 ) -> dict[str, Any]:
     """Replay ``events`` (sorted by event time) and return the metrics report as a dict.
 

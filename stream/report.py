@@ -37,16 +37,17 @@ def print_report(result: dict[str, Any], console: Console | None = None) -> None
 
 def _print_hybrid_fit(fit: dict[str, Any], k: int, console: Console) -> None:
     w = fit["weights"]
-    table = Table(title=f"hybrid weights chosen on validation NDCG@{k}: cooccurrence {w['cooccurrence']:g}, "
-                        f"popularity {w['popularity']:g}")
+    table = Table(title=f"hybrid weights chosen on validation NDCG@{k}: "
+                        + ", ".join(f"{name} {value:g}" for name, value in w.items()))
     for column in ("ranking", f"valid HR@{k}", f"valid NDCG@{k}", f"test HR@{k}", f"test NDCG@{k}"):
         table.add_column(column, justify="right" if column != "ranking" else "left")
     for name, m in (("hybrid (chosen weights)", fit), ("profile alone", fit["profile_alone"])):
         table.add_row(name, f"{m['valid']['hr']:.4f}", f"{m['valid']['ndcg']:.4f}",
                       f"{m['test'].get('hr', float('nan')):.4f}", f"{m['test'].get('ndcg', float('nan')):.4f}")
     console.print(table)
-    console.print(f"to serve them: RECSTREAM_RANKING__HYBRID__COOCCURRENCE={w['cooccurrence']:g} "
-                  f"RECSTREAM_RANKING__HYBRID__POPULARITY={w['popularity']:g}")
+    console.print("to serve them: " + " ".join(f"RECSTREAM_RANKING__HYBRID__{name.upper()}={value:g}"
+                                               for name, value in w.items() if value or not name.startswith("cold")),
+                  soft_wrap=True)  # one line to copy
 
 
 def write_report(result: dict[str, Any], directory: Path) -> Path:

@@ -227,11 +227,12 @@ def zscore_rows(scores: np.ndarray) -> np.ndarray:
 
 
 def blend_signals(profile: np.ndarray, cooccurrence: np.ndarray | None, popularity: np.ndarray | None,
-                  weights: tuple[float, float]) -> np.ndarray:
+                  weights: tuple[float | np.ndarray, float | np.ndarray]) -> np.ndarray:
     """The hybrid score ``z(profile) + a·z(cooccurrence) + b·z(popularity)``, rows standardised
-    so each signal counts by its weight whatever its scale; ``popularity`` may be (N,) or (U, N)."""
+    so each signal counts by its weight whatever its scale; ``popularity`` may be (N,) or (U, N),
+    and each weight a number or (N,) per item."""
     out = zscore_rows(profile)
     for weight, signal in zip(weights, (cooccurrence, popularity)):
-        if weight and signal is not None:
-            out += np.float32(weight) * zscore_rows(signal)
+        if np.any(weight) and signal is not None:
+            out += np.asarray(weight, np.float32) * zscore_rows(signal)
     return out

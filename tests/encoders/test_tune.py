@@ -20,6 +20,7 @@ from encoders.tune import _lr_schedule, build_training_data, fact_vocabulary, tu
 from stream.catalog import Catalogue, item_text
 from stream.config import load_settings
 from stream.events import Event
+from stream.processor import Processor
 from stream.replay import run_replay
 from stream.sources import dataset_source
 
@@ -119,6 +120,32 @@ def test_the_worker_scoring_path_reproduces_the_tuners_own_validation(ml_slice, 
     report, out = tuned
     replay_hr = _replay_validation_hr(settings, events, items, OnnxTextEncoder(out, provider="cpu"))
     assert replay_hr == pytest.approx(report.epochs[report.best_epoch]["valid_hr"], abs=2.5 / USERS)
+
+
+def test_cold_hybrid_weights_apply_to_the_items_tuning_never_saw(tuned, ml_slice, tmp_path):
+    """``ranking.hybrid.cold_*`` add to the weights of the items without a residual only."""
+    from store import LmdbStore
+    from stream.processor import ScoreParts
+    from stream.signals import zscore_rows
+
+    settings, _, _ = ml_slice
+    report, out = tuned
+    encoder = OnnxTextEncoder(out, provider="cpu")
+    seen = list(encoder.adapter.residual_rows())[:6]
+    catalogue = Catalogue(encoder.dim)
+    rng = np.random.default_rng(0)
+    for item_id in seen + ["new-1", "new-2", "new-3"]:
+        catalogue.upsert(item_id, rng.normal(size=encoder.dim).astype(np.float32))
+    with LmdbStore(tmp_path / "s.lmdb", durable=False) as store:
+        processor = Processor(settings, store, catalogue, encoder)
+        assert processor._cold_items().tolist() == [0.0] * 6 + [1.0] * 3
+        parts = ScoreParts(rng.normal(size=(2, 9)).astype(np.float32), rng.random((2, 9)).astype(np.float32),
+                           rng.random(9).astype(np.float32))
+        profiles = [processor.new_profile("a"), processor.new_profile("b")]
+        got = processor.combine(parts, profiles, [np.zeros(0, np.int64)] * 2, (0.0, 0.0, 5.0, 0.0))
+    z = zscore_rows(parts.profile)
+    np.testing.assert_allclose(got[:, :6], z[:, :6], atol=1e-6)  # seen items: the profile alone
+    np.testing.assert_allclose(got[:, 6:], (z + 5.0 * zscore_rows(parts.cooccurrence))[:, 6:], atol=1e-5)
 
 
 def test_tuned_model_loads_through_the_normal_path(tuned, ml_slice):
