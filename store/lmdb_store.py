@@ -138,6 +138,20 @@ class ReadTxn:
         db = self._dbs["history"]
         return None if db is None else self._txn.get(key, db=db)
 
+    def _stored_history(self, key: bytes, profile: bytes | None = None) -> list[HistoryEntry]:
+        """The history stored under ``key`` ([] without a profile), vectors left undecoded."""
+        data = self._get_history(key)
+        if data is not None:
+            return decode_history(data)[0]
+        if profile is None:
+            profile = self._txn.get(key, db=self._dbs["profiles"])
+        return [] if profile is None else decode_profile(profile).history  # versions 1-2 keep it inside
+
+    def iter_histories(self) -> Iterator[tuple[str, list[HistoryEntry]]]:
+        """Every profile's (user id, history) in user-id byte order, without decoding vectors."""
+        for key, value in self._txn.cursor(db=self._dbs["profiles"]):
+            yield key.decode("utf-8"), self._stored_history(key, value)
+
     def get_profiles(self, user_ids: Iterable[str]) -> dict[str, ProfileRecord]:
         """The stored profiles among ``user_ids``; users without one are absent."""
         out = {}
@@ -194,13 +208,6 @@ class WriteTxn(ReadTxn):
         #: (before, after) history per profile written or forgot, if the store reports them.
         self.history_changes: list[tuple[list[HistoryEntry], list[HistoryEntry]]] | None = (
             [] if store.on_history_change is not None else None)
-
-    def _stored_history(self, key: bytes) -> list[HistoryEntry]:
-        data = self._get_history(key)
-        if data is not None:
-            return decode_history(data)[0]
-        profile = self._txn.get(key, db=self._dbs["profiles"])  # versions 1-2 keep it inside
-        return [] if profile is None else decode_profile(profile).history
 
     def put_profile(self, rec: ProfileRecord, previous: list[HistoryEntry] | None = None) -> None:
         """Store ``rec`` and its history; ``previous``, the history stored before, when the

@@ -63,10 +63,12 @@ class ItemSignals:
     def rebuild(self, store: LmdbStore) -> int:
         """Recompute both signals from every history in ``store``; returns the users read."""
         self.reset()
+        users = 0
         with store.read() as txn:
-            changes = [((), rec.history) for rec in txn.iter_profiles()]
-        self.apply(changes)
-        return len(changes)
+            for _, history in txn.iter_histories():
+                self.replace((), history)
+                users += 1
+        return users
 
     def apply(self, changes: Iterable[HistoryChange]) -> None:
         """Apply committed history changes (the store's ``on_history_change`` hook)."""
@@ -98,7 +100,7 @@ class ItemSignals:
         out = np.zeros((len(histories), self.size), np.float32)
         if not self.cooc_enabled or not self.size:
             return out
-        norm = np.sqrt(np.maximum(self.counts, 1.0)).astype(np.float32)
+        norm = self._norm()
         for u, hist in enumerate(histories):
             rows = self._rows([h.item_id for h in hist[-self.window :]])
             if len(rows):
@@ -116,7 +118,7 @@ class ItemSignals:
         self._grow()
         if not self.cooc_enabled or not self.size:
             return np.zeros((*recs.shape, hist.shape[1]), np.float32)
-        norm = np.sqrt(np.maximum(self.counts, 1.0)).astype(np.float32)
+        norm = self._norm()
         rows = np.maximum(hist, 0)
         pair = self._cooc[rows[:, None, :], recs[:, :, None]]  # (U, k, m): C[h, i]
         return pair * (weight / norm[rows])[:, None, :] / norm[recs][:, :, None]
@@ -128,6 +130,10 @@ class ItemSignals:
         return (self.popularity / peak if peak > 0 else self.popularity).astype(np.float32)
 
     # -- internals ------------------------------------------------------------------------
+
+    def _norm(self) -> np.ndarray:
+        """(N,) float32 ``sqrt(n_i)``, at least 1: item-kNN's cosine normalisation."""
+        return np.sqrt(np.maximum(self.counts, 1.0)).astype(np.float32)
 
     def _rows(self, item_ids: Iterable[str]) -> np.ndarray:
         index = self.catalogue.index

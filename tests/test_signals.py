@@ -152,6 +152,8 @@ def test_store_reports_committed_history_changes_only(tmp_path):
         txn.put_profile(profile("v", h1))
         raise RuntimeError("aborted")
     assert len(seen) == 1  # nothing committed, nothing reported
+    with store.read() as r:  # what a rebuild reads: the histories, without the vectors
+        assert list(r.iter_histories()) == [(p.user_id, p.history) for p in r.iter_profiles()] == [("u", h2)]
     store.forget_user("u")
     assert seen[-1] == [(h2, [])]
     store.close()
