@@ -101,9 +101,10 @@ class Processor:
         lateness = settings.windows.allowed_lateness_s
         self.lateness_ms = None if lateness is None else int(lateness * 1000)
         hybrid = settings.ranking.hybrid
-        self.hybrid_weights = hybrid.weights
+        # the cold weights concern items a tuned model never saw: an untuned model has none
+        self.hybrid_weights = hybrid.weights if self.adapter is not None else (*hybrid.weights[:2], 0.0, 0.0)
         self.signals = (ItemSignals(catalogue, hybrid.window, hybrid.popularity_half_life_s, hybrid.max_items)
-                        if hybrid.enabled or keep_signals else None)
+                        if any(self.hybrid_weights) or keep_signals else None)
         self._cold_columns: tuple[int, np.ndarray] = (-1, np.zeros(0, np.float32))  # for _cold_items
 
     def follow_store(self) -> None:

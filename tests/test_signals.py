@@ -230,6 +230,14 @@ def test_fit_chooses_weights_on_validation_and_replay_serves_them(tmp_path):
     assert again["metrics"]["recstream"]["hr"] == pytest.approx(chosen["test"]["hr"])
 
 
+def test_cold_weights_alone_leave_an_untuned_model_as_it_was(tmp_path):
+    catalogue, events = clustered_world(2)
+    cold_only = load_settings(None, ranking={"hybrid": {"cold_cooccurrence": 3.0, "cold_popularity": 1.0}})
+    with LmdbStore(tmp_path / "s.lmdb", durable=False) as store:
+        processor = Processor(cold_only, store, catalogue)
+        assert processor.signals is None and not any(processor.hybrid_weights)
+
+
 def test_window_longer_than_the_stored_history_is_refused():
     with pytest.raises(ValueError, match="history_len"):
         load_settings(None, store={"history_len": 10}, ranking={"hybrid": {"cooccurrence": 1.0, "window": 20}})
