@@ -241,9 +241,10 @@ class ProfileSettings(_Section):
 class HybridSettings(_Section):
     """The hybrid ranking: the profile's scores blended with online behavioural signals
     (:mod:`stream.signals`), ``z(profile) + cooccurrence·z(item-kNN) + popularity·z(popularity)``
-    with each user's scores standardised. Both weights 0 (the default): the profile alone, and
-    the signals are not kept. ``recstream replay --fit-hybrid`` chooses the weights on the
-    validation targets for a model and dataset.
+    with each user's scores standardised; the two cold weights add to them for the items a
+    tuned model never saw. All weights 0 (the default; for an untuned model, the first two):
+    the profile alone, and the signals are not kept. ``recstream replay --fit-hybrid`` chooses
+    the weights on the validation targets for a model and dataset.
     """
 
     cooccurrence: float = Field(0.0, ge=0.0, le=1000.0)
