@@ -126,6 +126,26 @@ def test_history_lives_outside_the_profile_record():
     assert decode_history(encode_history(rec)) == (rec.history, [1, 2])
 
 
+#: History version 1 as frozen: three ASCII entries (one out of time order), recent id 7.
+HISTORY_V1_HEX = "010300000000020302693169323269310068e5cf8b01000060ea0000d08affff00010201000700000000000000"
+
+
+def test_history_v1_bytes_are_frozen():
+    """The encoder writes exactly the frozen layout (narrow and wide columns), and reads it back."""
+    rec = make_profile(dim=4, history=0)
+    rec.history = [HistoryEntry("i1", 1_700_000_000_000, 0), HistoryEntry("i22", 1_700_000_060_000, 1),
+                   HistoryEntry("i1", 1_700_000_030_000, 2)]
+    rec.recent_ids = [7]
+    assert encode_history(rec).hex() == HISTORY_V1_HEX
+    assert decode_history(bytes.fromhex(HISTORY_V1_HEX)) == (rec.history, [7])
+    # uint16 id lengths, int64 time deltas, a non-ASCII id
+    rec.history = [HistoryEntry("café", -5, 0), HistoryEntry("x" * 300, 2**40, 1)]
+    rec.recent_ids = []
+    wide = encode_history(rec)
+    assert wide[:12].hex() == "01020000000305002c016361" and len(wide) == 335
+    assert decode_history(wide) == (rec.history, [])
+
+
 @settings(max_examples=100, deadline=None)
 @given(profiles())
 def test_float16_vectors_round_trip_within_half_precision(rec):
