@@ -1,6 +1,7 @@
 """Run benchmarks and print one JSON line per benchmark: ``python -m bench [NAME ...]``
 (names: scoring, store, encoders, flush, e2e, e2e-large, soak; default: all; ``latency``
-runs only e2e's 50%-load phase, at ``--rate``, and is never part of the default)."""
+runs only e2e's 50%-load phase, at ``--rate``, and ``broker`` the embedded broker's own cost
+as it fills; neither is part of the default)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import sys
 
 from pathlib import Path
 
-from bench import e2e, encoders, flush, scoring, soak, store
+from bench import broker, e2e, encoders, flush, scoring, soak, store
 
 ON_REQUEST = {
     "latency": lambda a: e2e.run_latency(a.rate, a.latency_seconds),
+    "broker": lambda a: broker.run(seconds=a.broker_seconds),
 }
 BENCHMARKS = {
     "scoring": lambda a: scoring.run(),
@@ -25,7 +27,7 @@ BENCHMARKS = {
     "e2e": lambda a: e2e.run(events=a.events, latency_seconds=a.latency_seconds, profile=a.profile),
     "e2e-large": lambda a: e2e.run(events=a.events, latency_seconds=a.latency_seconds, profile=a.profile,
                                    catalogue="synthetic", n_items=a.items),
-    "soak": lambda a: soak.run(seconds=a.soak_seconds, rate=a.soak_rate),
+    "soak": lambda a: soak.run(seconds=a.soak_seconds, rate=a.soak_rate, users=a.soak_users),
 }
 
 
@@ -37,7 +39,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=400.0, help="latency: events/s to feed the worker")
     parser.add_argument("--latency-seconds", type=float, default=60.0, help="e2e: length of the 50%%-load phase")
     parser.add_argument("--profile", type=Path, help="e2e: py-spy the worker; top-N summary to this path")
+    parser.add_argument("--broker-seconds", type=float, default=120.0, help="broker: how long to fill it")
     parser.add_argument("--soak-seconds", type=float, default=180.0, help="soak: duration (600 for the 10-minute soak)")
+    parser.add_argument("--soak-users", type=int, default=10_000,
+                        help="soak: user population (fewer users fill their bounded histories sooner, and the heap then stays flat)")
     parser.add_argument("--soak-rate", type=float, default=300.0, help="soak: events/s published (below the worker's sustained rate, else the backlog grows)")
     args = parser.parse_args()
     names = args.names or list(BENCHMARKS)

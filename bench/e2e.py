@@ -1,6 +1,6 @@
 """End to end: events through the embedded broker and one worker, next to the Faust floor.
 
-One run, one broker, three phases:
+One run, three phases (the first two on one broker):
 
 1. **floor**: ``events`` synthetic events (``users`` users over the ml-100k catalogue) are
    published first; a bare Faust agent (:mod:`bench.floor`) decodes them: events/s.
@@ -8,7 +8,8 @@ One run, one broker, three phases:
    same records under its own group: sustained events/s from its first consumed record to
    the last applied one (its ``/metrics``, polled every 0.2 s: both ends err against us),
    the ratio to the floor, and the worker's peak RSS.
-3. **latency**: a fresh worker with a latency-oriented flush (:data:`LATENCY_FLUSH`) is fed
+3. **latency**: a fresh worker with a latency-oriented flush (:data:`LATENCY_FLUSH`), on a
+   fresh broker (the embedded broker slows down as it fills), is fed
    live at ``load`` × the throughput of phase 2, events stamped at their produce time:
    p50/p95/p99 from handing an event to the producer to the arrival of the first
    recommendation that includes it (``stream.demo``'s tracker and consumer).
@@ -328,8 +329,10 @@ def run(events: int = 200_000, users: int = 10_000, load: float = 0.5, latency_s
         floor, floor_cpu = _floor(tp, workdir, events, timeout)
         (workdir / "tp").mkdir()
         ours = _throughput(tp, workdir / "tp", events, timeout, profile)
-        (workdir / "lat").mkdir()
-        latency = _latency(_settings(url, "bench.lat."), workdir / "lat", items, ids, weights,
+    # A fresh broker: Tansu's memory storage costs more CPU per request the more it holds
+    # (BENCHMARKS.md, 2026-12-01), and phases 1-2 left some 200 MB in it.
+    with _broker("bench-e2e-lat-") as (workdir, url):
+        latency = _latency(_settings(url, "bench.lat."), workdir, items, ids, weights,
                            load * ours["events_per_s"], latency_seconds)
     result = {
         "benchmark": "e2e" if catalogue == "ml-100k" else "e2e-large", "catalogue": catalogue, "events": events, "users": users, "items": len(ids), "publish_events_per_s": round(events / publish_s),
