@@ -170,6 +170,8 @@ def _history(entries: list[HistoryEntry]) -> bytes:
     ids = [e.item_id.encode("utf-8") for e in entries]
     lens = list(map(len, ids))
     ts = [e.ts_ms for e in entries]
+    if min(ts) < -(2**63) or max(ts) >= 2**63:  # else a delta below would wrap silently
+        raise ValueError("history event time outside int64")
     try:
         kinds = bytes([e.kind for e in entries])
     except ValueError:
@@ -239,7 +241,7 @@ def encode_profile(rec: ProfileRecord, vector_dtype: str = "float32") -> bytes:
 def encode_history(rec: ProfileRecord) -> bytes:
     """Serialise ``rec``'s bounded history and recent event-id hashes (history version 1).
 
-    :raises ValueError: an item id, kind or count that does not fit its field.
+    :raises ValueError: an item id, kind, event time or count that does not fit its field.
     """
     if len(rec.recent_ids) > 0xFFFF:
         raise ValueError(f"too many recent event ids: {len(rec.recent_ids)} (max 65535)")

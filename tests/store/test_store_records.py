@@ -144,6 +144,9 @@ def test_history_v1_bytes_are_frozen():
     wide = encode_history(rec)
     assert wide[:12].hex() == "01020000000305002c016361" and len(wide) == 335
     assert decode_history(wide) == (rec.history, [])
+    rec.history = [HistoryEntry("a", 0, 0), HistoryEntry("b", 2**64, 0)]  # would wrap to a delta of 0
+    with pytest.raises(ValueError, match="int64"):
+        encode_history(rec)
 
 
 @settings(max_examples=100, deadline=None)
