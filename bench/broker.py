@@ -9,24 +9,12 @@ every 10 s. With memory storage nothing is ever dropped, so what it holds grows 
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from pathlib import Path
+
+from bench.e2e import process_cpu_s, process_memory
 
 __all__ = ["run"]
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def run(seconds: float = 120.0, rate: float = 300.0, size: int = 3000, compact: bool = True, every_s: float = 10.0) -> dict:
@@ -55,16 +43,16 @@ def run(seconds: float = 120.0, rate: float = 300.0, size: int = 3000, compact: 
         reader.start()
         value, sent = b"v" * size, 0
         t0 = last_t = time.perf_counter()
-        last_cpu, next_sample = _cpu_s(broker.pid), t0 + every_s
+        last_cpu, next_sample = process_cpu_s(broker.pid), t0 + every_s
         try:
             while (elapsed := time.perf_counter() - t0) < seconds:
                 for _ in range(int(elapsed * rate) - sent):
                     producer.send("fill", key=str(sent % 10_000).encode(), value=value)
                     sent += 1
                 if (now := time.perf_counter()) >= next_sample:
-                    cpu = _cpu_s(broker.pid)
+                    cpu = process_cpu_s(broker.pid)
                     samples.append({"t_s": round(elapsed), "broker_cpu_pct": round(100 * (cpu - last_cpu) / (now - last_t), 1),
-                                    "broker_rss_mb": round(_rss_mb(broker.pid)), "sent": sent, "received": received[0]})
+                                    "broker_rss_mb": round(process_memory(broker.pid)["VmRSS"] / 2**20), "sent": sent, "received": received[0]})
                     last_t, last_cpu, next_sample = now, cpu, next_sample + every_s
                 time.sleep(0.01)
         finally:

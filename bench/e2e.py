@@ -45,7 +45,7 @@ import orjson
 from stream.config import Settings, load_settings
 from stream.demo import _consume, _Tracker, _wait_for_log
 
-__all__ = ["LATENCY_FLUSH", "WorkerProcess", "run", "run_latency", "synthetic_events"]
+__all__ = ["LATENCY_FLUSH", "WorkerProcess", "process_cpu_s", "process_memory", "run", "run_latency", "synthetic_events"]
 
 #: Flush settings for the latency phase (environment overrides of ``windows``/``broker``):
 #: 100 ms event-time windows, batches waited on for at most 20 ms, fetches parked 20 ms.
@@ -69,6 +69,22 @@ def synthetic_events(n: int, users: int, item_ids: list[str], weights: np.ndarra
     start = (ts0_ms if ts0_ms is not None else int(time.time() * 1000)) - n * step_ms
     return [{"user_id": f"u{user[i]:05d}", "item_id": item_ids[item[i]], "ts": start + i * step_ms,
              "event_id": f"e{seed}-{i}", "kind": KINDS[kind[i]]} for i in range(n)]
+
+
+def process_memory(pid: int) -> dict[str, int]:
+    """Peak and current resident set (VmHWM, VmRSS) and anonymous memory of ``pid``, in bytes."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+            fields[name] = int(value.split()[0]) * 1024
+    return fields
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class WorkerProcess:
@@ -101,18 +117,10 @@ class WorkerProcess:
         return out
 
     def memory(self) -> dict[str, int]:
-        """Peak and current resident set (VmHWM, VmRSS) and anonymous memory, in bytes."""
-        fields = {}
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-                fields[name] = int(value.split()[0]) * 1024
-        return fields
+        return process_memory(self.proc.pid)
 
     def cpu_s(self) -> float:
-        """User + system CPU seconds of the worker so far (all its threads)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_s(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
