@@ -25,6 +25,7 @@ sampling cost) and writes a top-N summary of the hot spots next to its raw outpu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -32,7 +33,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -43,7 +43,7 @@ import numpy as np
 import orjson
 
 from stream.config import Settings, load_settings
-from stream.demo import _consume, _Tracker, _wait_for_log
+from stream.demo import _Tracker, _wait_for_log
 
 __all__ = ["LATENCY_FLUSH", "WorkerProcess", "process_cpu_s", "process_memory", "run", "run_latency", "synthetic_events"]
 
@@ -177,8 +177,8 @@ def _items(settings: Settings, catalogue: str, n_items: int) -> tuple[list[dict]
 
 
 @contextlib.contextmanager
-def _broker(prefix: str) -> Iterator[tuple[Path, str]]:
-    """A temporary work directory with an embedded broker logging into it: ``(workdir, url)``."""
+def _broker(prefix: str) -> Iterator[tuple[Path, str, int | None]]:
+    """A temporary work directory with an embedded broker logging into it: ``(workdir, url, broker pid)``."""
     from stream.broker import EmbeddedBroker, free_port
 
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
@@ -187,7 +187,7 @@ def _broker(prefix: str) -> Iterator[tuple[Path, str]]:
         broker = EmbeddedBroker(port=port, log_path=workdir / "broker.log")
         broker.start()
         try:
-            yield workdir, f"kafka://127.0.0.1:{port}"
+            yield workdir, f"kafka://127.0.0.1:{port}", broker.pid
         finally:
             broker.stop()
 
@@ -264,70 +264,65 @@ def _throughput(settings: Settings, workdir: Path, events: int, timeout_s: float
         worker.stop()
 
 
-def _latency(settings: Settings, workdir: Path, items: list[dict], ids: list[str], weights: np.ndarray,
-             rate: float, seconds: float, flush: dict[str, str] | None = None) -> dict:
-    from stream.kafka_io import ensure_topics, make_producer, publish_events, publish_items
+def _latency(settings: Settings, broker_pid: int | None, items: list[dict], ids: list[str], weights: np.ndarray,
+             rate: float, seconds: float, workdir: Path, flush: dict[str, str] | None = None) -> dict:
+    from bench.load import drive
+    from stream.kafka_io import ensure_topics, make_producer, publish_items
 
     ensure_topics(settings)
     producer = make_producer(settings)
     publish_items(producer, settings.topics, items)
-    producer.flush()
+    producer.close()
     worker = WorkerProcess(settings, workdir, env=flush or LATENCY_FLUSH)
     try:
         worker.wait_ready()
-        tracker, stop = _Tracker(), threading.Event()
-        consumer = threading.Thread(target=_consume, args=(settings, tracker, stop), daemon=True)
-        consumer.start()
-        time.sleep(2)  # the tracker's consumer has joined the output topic
-        total, tick, sent, seed = int(rate * seconds), 0.01, 0, 1
-        t0 = time.perf_counter()
-        while sent < total:
-            due = min(total, int((time.perf_counter() - t0) * rate) + 1)
-            if due > sent:
-                batch = synthetic_events(due - sent, 10_000, ids, weights, seed=seed, step_ms=0)
-                for e in batch:
-                    e["event_id"] = f"lat-{sent}"
-                    sent += 1
-                    tracker.on_sent(e["user_id"])
-                publish_events(producer, settings.topics, batch)
-                seed += 1
-            time.sleep(tick)
-        publish_seconds = time.perf_counter() - t0
-        idle_since, last = time.monotonic(), -1
-        while tracker.events_applied < total and time.monotonic() - idle_since < 30:
-            if tracker.events_applied != last:
-                idle_since, last = time.monotonic(), tracker.events_applied
-            time.sleep(0.2)
-        stop.set()
-        consumer.join(timeout=5)
+        tracker = _Tracker()
+        cpu = _CpuShares(worker=worker.proc.pid, broker=broker_pid, client=os.getpid())
+        publish_s = asyncio.run(drive(settings, tracker, lambda n, seed: synthetic_events(n, 10_000, ids, weights, seed=seed, step_ms=0),
+                                      rate, seconds))
+        total = int(rate * seconds)
         lat = np.array(tracker.latencies) * 1000
-        return {"rate_target": round(rate), "rate_sent": round(total / publish_seconds), "events": total,
+        return {"rate_target": round(rate), "rate_sent": round(total / publish_s), "events": total,
                 "applied": tracker.events_applied, "samples": len(lat),
                 **{f"p{q}_ms": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)},
                 "max_ms": round(float(lat.max()), 1), "memory": worker.memory(),
                 # in arrival order: a second half far above the first means a growing backlog
-                "p50_first_second_half_ms": [round(float(np.median(h)), 1) for h in np.array_split(lat, 2)]}
+                "p50_first_second_half_ms": [round(float(np.median(h)), 1) for h in np.array_split(lat, 2)],
+                # of one core, over the phase: what each process took of this machine
+                "cpu_pct": cpu.percent()}
     finally:
-        producer.close()
         worker.stop()
+
+
+class _CpuShares:
+    """CPU of named processes from now on, as a percentage of one core (``None`` pid: skipped)."""
+
+    def __init__(self, **pids: int | None) -> None:
+        self.pids = {name: pid for name, pid in pids.items() if pid is not None}
+        self.t0 = time.monotonic()
+        self.cpu0 = {name: process_cpu_s(pid) for name, pid in self.pids.items()}
+
+    def percent(self) -> dict[str, float]:
+        elapsed = time.monotonic() - self.t0
+        return {name: round(100 * (process_cpu_s(pid) - self.cpu0[name]) / elapsed) for name, pid in self.pids.items()}
 
 
 def run_latency(rate: float, seconds: float = 60.0, catalogue: str = "ml-100k", n_items: int = 100_000) -> dict:
     """Only phase 3, at a given ``rate`` (events/s): for sweeps of rate and flush settings
     (``RECSTREAM_…`` overrides in the environment reach the worker over :data:`LATENCY_FLUSH`)."""
     flush = {**LATENCY_FLUSH, **{k: v for k, v in os.environ.items() if k.startswith(("RECSTREAM_WINDOWS__", "RECSTREAM_BROKER__"))}}
-    with _broker("bench-latency-") as (workdir, url):
+    with _broker("bench-latency-") as (workdir, url, broker_pid):
         settings = _settings(url, "bench.lat.")
         items, ids, weights = _items(settings, catalogue, n_items)
         (workdir / "lat").mkdir()
-        latency = _latency(settings, workdir / "lat", items, ids, weights, rate, seconds, flush)
+        latency = _latency(settings, broker_pid, items, ids, weights, rate, seconds, workdir / "lat", flush)
     return {"benchmark": "latency", "catalogue": catalogue, "items": len(ids), "latency_flush": flush,
             **{k: v for k, v in latency.items() if k != "memory"}, "worker_peak_rss_mb": round(latency["memory"]["VmHWM"] / 2**20)}
 
 
 def run(events: int = 200_000, users: int = 10_000, load: float = 0.5, latency_seconds: float = 60.0,
         profile: Path | None = None, catalogue: str = "ml-100k", n_items: int = 100_000) -> dict:
-    with _broker("bench-e2e-") as (workdir, url):
+    with _broker("bench-e2e-") as (workdir, url, _):
         tp = _settings(url, "bench.tp.")
         items, ids, weights = _items(tp, catalogue, n_items)
         stream_events = synthetic_events(events, users, ids, weights)
@@ -339,9 +334,9 @@ def run(events: int = 200_000, users: int = 10_000, load: float = 0.5, latency_s
         ours = _throughput(tp, workdir / "tp", events, timeout, profile)
     # A fresh broker: Tansu's memory storage costs more CPU per request the more it holds
     # (BENCHMARKS.md, 2026-12-01), and phases 1-2 left some 200 MB in it.
-    with _broker("bench-e2e-lat-") as (workdir, url):
-        latency = _latency(_settings(url, "bench.lat."), workdir, items, ids, weights,
-                           load * ours["events_per_s"], latency_seconds)
+    with _broker("bench-e2e-lat-") as (workdir, url, broker_pid):
+        latency = _latency(_settings(url, "bench.lat."), broker_pid, items, ids, weights,
+                           load * ours["events_per_s"], latency_seconds, workdir)
     result = {
         "benchmark": "e2e" if catalogue == "ml-100k" else "e2e-large", "catalogue": catalogue, "events": events, "users": users, "items": len(ids), "publish_events_per_s": round(events / publish_s),
         "floor_events_per_s": round(floor), "events_per_s": round(ours["events_per_s"]),

@@ -19,7 +19,7 @@ __all__ = ["run"]
 def run(seconds: float = 180.0, rate: float = 300.0, users: int = 10_000, every_s: float = 10.0) -> dict:
     from stream.kafka_io import ensure_topics, make_producer, publish_events, publish_items
 
-    with _broker("bench-soak-") as (workdir, url):
+    with _broker("bench-soak-") as (workdir, url, _):
         worker = producer = None
         try:
             settings = _settings(url, "bench.soak.")
