@@ -158,7 +158,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         web_port=s.web_port or 6066,
         web_bind=s.web_host,
         canonical_url=s.web_advertised_url,  # None: http://<hostname>:<web_port>
-        producer_linger_ms=5,
+        producer_linger_ms=s.broker.producer_linger_ms,
     )
     app.recstream_fetch_max_wait_ms = s.broker.fetch_max_wait_ms  # read by stream.transport
     ctx = WorkerContext(s)

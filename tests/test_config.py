@@ -36,3 +36,16 @@ def test_topic_names_follow_the_prefix():
     t = load_settings(None, topics={"prefix": "shop."}).topics
     assert t.inputs == {"view": "shop.views", "click": "shop.clicks", "purchase": "shop.purchases"}
     assert (t.items, t.recommendations, t.dlq) == ("shop.items", "shop.recommendations", "shop.dlq")
+
+
+def test_the_producer_linger_reaches_faust(tmp_path, monkeypatch):
+    from stream.app import create_app
+
+    store = {"path": tmp_path / "s.lmdb"}
+    app, _ = create_app(load_settings(None, store=store))
+    assert app.conf.producer_linger_ms == 5
+    monkeypatch.setenv("RECSTREAM_BROKER__PRODUCER_LINGER_MS", "0")
+    app, _ = create_app(load_settings(None, store=store))
+    assert app.conf.producer_linger_ms == 0
+    with pytest.raises(ValidationError):
+        load_settings(None, broker={"producer_linger_ms": -1})
