@@ -26,11 +26,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from store import ItemRecord, LmdbStore
 from stream.catalog import (Catalogue, InvalidItem, ItemMessage, item_text, item_vectors, parse_item,
                             split_stored_attributes, stored_attributes)
-from stream.changelog import Changelog
+from stream.changelog import Changelog, collect
 from stream.config import Settings
 from stream.deadletter import dead_letter, reason_category
 from stream.control import parse_control, publish_tombstones
 from stream.events import InvalidEvent, parse_event
+from stream.lag import OneBehind
 from stream.privacy import Pseudonymiser, guard_payload_logs
 from stream.processor import Processor
 from stream.produce import log_failures, send_batched
@@ -176,6 +177,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         lambda fn, *args: asyncio.get_running_loop().run_in_executor(ctx.executor, fn, *args),
     )
     ctx.changelog = changelog
+    behind = OneBehind()
 
     @app.on_partitions_assigned.connect
     async def on_partitions_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
@@ -190,14 +192,14 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         """
         ctx.revoking = True
         pending = ctx.buffer.pending
-        if pending and ctx.processor is not None:
-            try:
+        try:
+            if pending and ctx.processor is not None:
                 await flush(ctx.buffer.drain())
-            except Exception as exc:  # as a crash: un-acked records go to the next owner
-                log.exception("rebalance: flushing open windows failed; stopping the worker")
-                await app.crash(exc)  # Faust would otherwise wait for their acks forever
-                return
-            log.info("rebalance: flushed %d pending events before the revocation", pending)
+                log.info("rebalance: flushed %d pending events before the revocation", pending)
+            await behind.drain()  # the previous flush's acks, too
+        except Exception as exc:  # as a crash: un-acked records go to the next owner
+            log.exception("rebalance: flushing open windows failed; stopping the worker")
+            await app.crash(exc)  # Faust would otherwise wait for their acks forever
 
     app.recstream_before_revoke = before_revoke  # called by stream.transport before Faust revokes
 
@@ -206,14 +208,20 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         value = dead_letter(raw_value, topic=topic, partition=partition, offset=offset, reason=reason, now_ms=now_ms())
         await dlq.send(key=None, value=value)
 
+    def apply(windows: list[UserWindow[Any]], stamp_ms: int) -> tuple[Any, list[tuple[int, bytes, bytes]]]:
+        """On the store thread: the flush's transaction, then its changelog snapshot."""
+        assert ctx.processor is not None and ctx.store is not None
+        return ctx.processor.flush(windows, stamp_ms), collect(ctx.store, windows)
+
     async def flush(windows: list[UserWindow[Any]]) -> None:
+        """Apply ``windows`` and send their recommendations; the changelog delivery and the
+        acks follow one flush behind (stream.lag), except while revoking or stopping."""
         if not windows:
             return
-        assert ctx.processor is not None
         async with ctx.flush_lock:
             loop = asyncio.get_running_loop()
             started = time.perf_counter()
-            result = await loop.run_in_executor(ctx.executor, ctx.processor.flush, windows, now_ms())
+            result, snapshot = await loop.run_in_executor(ctx.executor, apply, windows, now_ms())
             # Recommendations first: they need no changelog round trip (a crash before the acks
             # replays the events, already-applied ones as duplicates, and re-sends them).
             original = {w.user_id: w.handles[0].message.key for w in windows if w.handles}  # pseudonym -> id
@@ -223,19 +231,30 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
                 rec["user_id"] = key.decode()
                 records.append((None, key, orjson.dumps(rec)))
             log_failures(await send_batched(app, s.topics.recommendations, records), "recommendations")
-            await changelog.publish(windows)  # delivered before any ack: see stream.changelog
+            await behind.submit(settle, windows, result, snapshot, started)
+            if ctx.stopping or ctx.revoking:
+                await behind.drain()  # nothing left un-acked while Faust commits or stops
+
+    async def settle(windows: list[UserWindow[Any]], result: Any, snapshot: list[tuple[int, bytes, bytes]], started: float) -> None:
+        """A flush's second half: changelog delivered, dead letters sent, then the acks."""
+        try:
+            await changelog.publish(snapshot)  # delivered before any ack: see stream.changelog
             for event, reason in result.rejected:
                 topic, partition = event.source.rsplit(":", 1)
                 await send_dead_letter(_raw_of(windows, event), topic, int(partition), event.offset, reason)
             for window in windows:
                 for handle in window.handles:
                     await ctx.stream.ack(handle)
-            ctx.stats["events.applied"] += result.applied
-            ctx.stats["events.duplicates"] += result.duplicates
-            ctx.stats["recommendations"] += len(result.recommendations)
-            ctx.stats["flushes"] += 1
-            ctx.metrics.observe_flush(time.perf_counter() - started, result.applied, len(windows))
-            log.debug("flush: %d users, %d events in %.1f ms", result.users, result.applied, (time.perf_counter() - started) * 1e3)
+        except Exception as exc:  # as a crash: the un-acked records go to the next owner
+            log.exception("flush: changelog delivery or acks failed; stopping the worker")
+            await app.crash(exc)
+            return
+        ctx.stats["events.applied"] += result.applied
+        ctx.stats["events.duplicates"] += result.duplicates
+        ctx.stats["recommendations"] += len(result.recommendations)
+        ctx.stats["flushes"] += 1
+        ctx.metrics.observe_flush(time.perf_counter() - started, result.applied, len(windows))
+        log.debug("flush: %d users, %d events in %.1f ms", result.users, result.applied, (time.perf_counter() - started) * 1e3)
 
     @app.task
     async def catalogue_sync() -> None:
@@ -291,6 +310,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         await flush(ctx.buffer.drain())
         assert ctx.store is not None
         async with ctx.flush_lock:
+            await behind.drain()  # the user's last profile is in the changelog before its tombstone
             loop = asyncio.get_running_loop()
             erased = await loop.run_in_executor(ctx.executor, ctx.store.forget_user, pseudonyms.store_id(command.user_id))
         try:
@@ -345,6 +365,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         """Graceful shutdown: flush every open window now; later batches flush at once too."""
         ctx.stopping = True
         await flush(ctx.buffer.drain())
+        await behind.drain()
 
     ctx.close_all_windows = close_all_windows
     if s.web_port > 0:

@@ -6,8 +6,8 @@ keyed by user id, value :func:`store.encode_changelog`: profile and history reco
 profile record carries its per-partition ``applied`` offsets, so a changelog value says
 exactly which events it holds.
 
-Flush order (see docs/architecture.md): LMDB commit → changelog records sent **and delivered**
-→ recommendations → ack input. Whatever a worker acked is therefore in the changelog.
+Flush order (see docs/architecture.md): LMDB commit → recommendations → changelog records
+sent **and delivered** → ack input. Whatever a worker acked is therefore in the changelog.
 
 When a worker is assigned a partition it did not hold, it restores that changelog partition
 into its LMDB before it processes any event of the partition (:meth:`Changelog.ensure` gates
@@ -56,8 +56,8 @@ def partition_of(window: UserWindow[Any]) -> int:
 def collect(store: LmdbStore, windows: list[UserWindow[Any]]) -> list[tuple[int, bytes, bytes]]:
     """``(partition, key, value)`` changelog records for the users of ``windows``, as stored now.
 
-    Call after the flush committed and before the next one (one snapshot; the worker holds
-    its flush lock). Users whose events were all duplicates are sent too: after a crash
+    Call right after the flush committed, on the store's thread in the same job, so that the
+    snapshot is that flush's state. Users whose events were all duplicates are sent too: after a crash
     between an LMDB commit and the changelog delivery, the redelivered events find the
     profile already applied locally, and this re-send is what brings the changelog level.
     """
@@ -157,9 +157,8 @@ class Changelog:
         self._checkpoint_s = checkpoint_s
         self._checkpointed = time.monotonic()
 
-    async def publish(self, windows: list[UserWindow[Any]]) -> int:
-        """Send the flushed users' profiles and wait until the broker has them all."""
-        records = await self.run(collect, self.store, windows)
+    async def publish(self, records: list[tuple[int, bytes, bytes]]) -> int:
+        """Send ``records`` (from :func:`collect`) and wait until the broker has them all."""
         sent = await send_batched(self.topic.app, self.name, records)  # one batch per partition
         for batch, meta in zip(sent, await asyncio.gather(*(b.future for b in sent))):
             self._delivered[batch.partition] = max(self._delivered.get(batch.partition, 0), batch.next_offset(meta))
