@@ -5,6 +5,8 @@ their figures. This one runs no worker: ``rate`` records/s of ``size`` bytes (ke
 of 10,000, like the changelog) are produced to a 4-partition topic and read back by one tail
 consumer with a 20 ms fetch wait (as the worker's), and the broker's CPU and RSS are sampled
 every 10 s. With memory storage nothing is ever dropped, so what it holds grows with time.
+The producer's ``linger_ms`` sets how many records share a batch: Tansu's cost follows the
+number of batches it holds, not their bytes (BENCHMARKS.md, 2026-12-02).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from bench.e2e import process_cpu_s, process_memory
 __all__ = ["run"]
 
 
-def run(seconds: float = 120.0, rate: float = 300.0, size: int = 3000, compact: bool = True, every_s: float = 10.0) -> dict:
+def run(seconds: float = 120.0, rate: float = 300.0, size: int = 3000, compact: bool = True, every_s: float = 10.0,
+        linger_ms: int = 5) -> dict:
     from kafka import KafkaConsumer, KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
@@ -28,7 +31,7 @@ def run(seconds: float = 120.0, rate: float = 300.0, size: int = 3000, compact: 
         admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
         admin.create_topics([NewTopic("fill", 4, 1, topic_configs={"cleanup.policy": "compact"} if compact else {})])
         admin.close()
-        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5, batch_size=128 * 1024)
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=linger_ms, batch_size=128 * 1024)
         stop, received = threading.Event(), [0]
 
         def consume() -> None:
@@ -59,6 +62,6 @@ def run(seconds: float = 120.0, rate: float = 300.0, size: int = 3000, compact: 
             stop.set()
             producer.close()
             reader.join(timeout=5)
-    return {"benchmark": "broker", "seconds": seconds, "rate": rate, "record_bytes": size, "compacted": compact,
+    return {"benchmark": "broker", "seconds": seconds, "rate": rate, "record_bytes": size, "linger_ms": linger_ms, "compacted": compact,
             "broker_cpu_pct_first_last": [samples[0]["broker_cpu_pct"], samples[-1]["broker_cpu_pct"]] if samples else [],
             "samples": samples}
