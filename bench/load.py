@@ -1,10 +1,10 @@
 """The latency phase's client: a paced producer and the output consumer on one asyncio loop.
 
-Why not the kafka-python clients the CLI uses: at 1,000 events/s their per-record Python
-cost took some 40% of a core, on a 2-core machine that also runs the worker and the broker,
-so the load generator itself lengthened the tail it measured. aiokafka builds and parses
-record batches in C; the whole client here costs a few percent of a core per 1,000 events/s
-(reported as ``client_cpu_pct``).
+Why not the kafka-python clients the CLI uses: at 700 events/s their producer and consumer
+threads took some 42% of a core, on a 2-core machine that also runs the worker and the
+broker, so the load generator itself lengthened the tail it measured. With aiokafka (record
+batches built and parsed in C) the whole client, event generation included, takes about 20%
+(``cpu_pct["client"]`` in the phase's result).
 
 Latency is what :class:`stream.demo._Tracker` measures: from handing an event to the
 producer to the arrival of the first recommendation whose ``event_count`` includes it.
@@ -38,7 +38,7 @@ async def drive(settings: Settings, tracker: Any, batches: Callable[[int, int], 
     config = aiokafka_config(settings.broker)
     consumer = AIOKafkaConsumer(settings.topics.recommendations, **config, group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=10)
-    # linger 0: each tick's records leave at once (the tick is the batching)
+    # linger 0: a tick's records are sent without waiting (the tick is the batching)
     producer = AIOKafkaProducer(**config, acks="all", linger_ms=0, max_batch_size=256 * 1024)
     await consumer.start()
     await producer.start()
