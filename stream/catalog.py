@@ -160,6 +160,7 @@ class Catalogue:
         self._rows: list[np.ndarray] = []
         self._matrix = np.zeros((0, dim), np.float32)
         self._dirty = False
+        self._duplicates: tuple[int, np.ndarray, np.ndarray] = (-1, np.arange(0), np.arange(0))
 
     @classmethod
     def from_items(cls, items: list[ItemMessage], encoder, progress=None) -> "Catalogue":
@@ -200,6 +201,30 @@ class Catalogue:
             self._matrix = np.ascontiguousarray(np.vstack(self._rows)) if self._rows else self._matrix
             self._dirty = False
         return self._matrix
+
+    @property
+    def duplicates(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(canonical, repeats)``: for each row the first row with the same vector and
+        attributes (itself for almost every row), and the rows that repeat an earlier one.
+
+        Some catalogues list one thing twice under two ids (ml-100k has films entered twice,
+        same title, year and genres). To a user they are one item, so the ranking shows only
+        the first and treats having seen either as having seen it (:mod:`stream.processor`).
+        Recomputed when the catalogue changes: one sort of the rows' bytes.
+        """
+        if self._duplicates[0] != self.version:
+            m = self.matrix
+            n = len(m)
+            canonical = np.arange(n)
+            if n > 1:
+                rows = np.ascontiguousarray(m).view(np.dtype((np.void, m.dtype.itemsize * self.dim))).ravel()
+                _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+                same_vector = first[inverse.ravel()]
+                for row in np.nonzero(same_vector != canonical)[0]:
+                    if self.attributes[row] == self.attributes[same_vector[row]]:
+                        canonical[row] = same_vector[row]
+            self._duplicates = (self.version, canonical, np.nonzero(canonical != np.arange(n))[0])
+        return self._duplicates[1], self._duplicates[2]
 
     def indices(self, item_ids: list[str] | set[str]) -> np.ndarray:
         """Row indices of the known ids among ``item_ids``."""

@@ -308,7 +308,7 @@ class Processor:
         and :meth:`combine`, itself.
         """
         if self.signals is None or not any(self.hybrid_weights):  # the profile alone, without a copy
-            return self._business_rules(profiles, score(self.queries(profiles), self.catalogue.matrix, exclude))
+            return self._business_rules(profiles, score(self.queries(profiles), self.catalogue.matrix, self._seen(exclude)))
         return self.combine(self.score_parts(profiles), profiles, exclude)
 
     def score_parts(self, profiles: list[ProfileRecord], signals: tuple[np.ndarray, np.ndarray] | None = None) -> ScoreParts:
@@ -329,7 +329,16 @@ class Processor:
         scores = parts.profile.copy()
         if any(weights):
             scores = blend_signals(scores, parts.cooccurrence, parts.popularity, self._item_weights(weights))
-        return self._business_rules(profiles, exclude_rows(scores, exclude))
+        return self._business_rules(profiles, exclude_rows(scores, self._seen(exclude)))
+
+    def _seen(self, exclude: list[np.ndarray]) -> list[np.ndarray]:
+        """``exclude`` with each row replaced by its catalogue original (Catalogue.duplicates):
+        a user who saw an item's repeat has seen the item; the repeats themselves are always
+        masked, by :meth:`_business_rules`."""
+        canonical, repeats = self.catalogue.duplicates
+        if not len(repeats):
+            return exclude
+        return [canonical[np.asarray(rows, np.int64)] for rows in exclude]
 
     def _item_weights(self, weights: tuple[float, float, float, float]) -> tuple[float | np.ndarray, float | np.ndarray]:
         """The (co-occurrence, popularity) weights, per item where the cold weights apply."""
@@ -350,7 +359,11 @@ class Processor:
         return self._cold_columns[1]
 
     def _business_rules(self, profiles: list[ProfileRecord], scores: np.ndarray) -> np.ndarray:
-        """``ranking.exclude`` (-inf) and ``ranking.fresh_boost`` (added, at each user's last event time)."""
+        """Repeated catalogue items (Catalogue.duplicates) and ``ranking.exclude`` at -inf;
+        ``ranking.fresh_boost`` added, at each user's last event time."""
+        repeats = self.catalogue.duplicates[1]
+        if len(repeats):
+            scores[:, repeats] = -np.inf
         r = self.settings.ranking
         if not r.exclude and not r.fresh_boost:
             return scores
@@ -452,6 +465,9 @@ class Processor:
         recommendation are named."""
         index = self.catalogue.index
         histories = [[i for i in dict.fromkeys([h.item_id for h in reversed(p.history)]) if i in index] for p in block]
+        canonical, repeats = self.catalogue.duplicates
+        if len(repeats):  # one name per item, not one per catalogue entry of it
+            histories = [_first_per_item(h, index, canonical) for h in histories]
         m = max(map(len, histories), default=0)
         n = min(self.settings.ranking.because, m)
         if n <= 0 or rows.shape[1] == 0:
@@ -502,3 +518,15 @@ _Pending = tuple[ProfileRecord, list[np.ndarray], list[float], list[int], list[E
 def with_history(history: list[HistoryEntry], new: list[HistoryEntry], limit: int) -> list[HistoryEntry]:
     """The newest ``limit`` entries of ``history + new`` in event-time order (stable for ties)."""
     return sorted(history + new, key=lambda h: h.ts_ms)[-limit:]
+
+
+def _first_per_item(ids: list[str], index: dict[str, int], canonical: np.ndarray) -> list[str]:
+    """``ids`` (known to the catalogue) without those whose catalogue original came earlier."""
+    taken: set[int] = set()
+    out = []
+    for item_id in ids:
+        row = int(canonical[index[item_id]])
+        if row not in taken:
+            taken.add(row)
+            out.append(item_id)
+    return out

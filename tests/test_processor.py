@@ -138,3 +138,30 @@ def test_a_user_twice_in_one_flush_gets_both_windows_in_order(processor):
         got, want = a.get_profile("u"), b.get_profile("u")
     assert got.event_count == 3 and got.applied == {"recstream.clicks:0": 2}
     np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-6)
+
+
+def test_an_item_listed_twice_is_one_item_to_the_user(processor):
+    """ml-100k lists some films twice (same title, year, genres, two ids): one item to a user."""
+    catalogue = processor.catalogue
+    catalogue.upsert("0-again", catalogue.matrix[0].copy())  # same vector, same (no) attributes
+    catalogue.upsert("1-other-cut", catalogue.matrix[1].copy(), {"edition": "director's cut"})
+    canonical, repeats = catalogue.duplicates
+    assert repeats.tolist() == [catalogue.index["0-again"]]  # attributes differ: not a repeat
+    assert canonical[catalogue.index["0-again"]] == catalogue.index["0"]
+    item = catalogue.matrix[0]
+    # "u" watched items close to item 0: both of its entries would rank first
+    near = np.argsort(-(catalogue.matrix[:30] @ item))[1:4]
+    result = processor.flush([window("u", [str(i) for i in near])], now_ms=1)
+    (rec,) = result.recommendations
+    ids = [r["item_id"] for r in rec["items"]]
+    assert "0" in ids and "0-again" not in ids
+    # having seen the repeat is having seen the item
+    (rec,) = processor.flush([window("u", ["0-again"], first_offset=3)], now_ms=2).recommendations
+    ids = [r["item_id"] for r in rec["items"]]
+    assert "0" not in ids and "0-again" not in ids
+    # with both entries in the history, an explanation names the item once
+    (rec,) = processor.flush([window("u", ["0"], first_offset=4)], now_ms=3).recommendations
+    assert any(set(r["because"]) & {"0", "0-again"} for r in rec["items"])
+    assert all(len(set(r["because"]) & {"0", "0-again"}) <= 1 for r in rec["items"])
+    catalogue.upsert("0-again", normalised(np.arange(1, DIM + 1, dtype=np.float32)))  # re-encoded: distinct now
+    assert len(catalogue.duplicates[1]) == 0
