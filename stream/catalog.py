@@ -210,19 +210,29 @@ class Catalogue:
         Some catalogues list one thing twice under two ids (ml-100k has films entered twice,
         same title, year and genres). To a user they are one item, so the ranking shows only
         the first and treats having seen either as having seen it (:mod:`stream.processor`).
-        Recomputed when the catalogue changes: one sort of the rows' bytes.
+        Recomputed when the catalogue changes: a sort of the rows' first 16 bytes, then a
+        whole-row comparison of the few rows that share them.
         """
         if self._duplicates[0] != self.version:
             m = self.matrix
             n = len(m)
             canonical = np.arange(n)
-            if n > 1:
-                rows = np.ascontiguousarray(m).view(np.dtype((np.void, m.dtype.itemsize * self.dim))).ravel()
-                _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
-                same_vector = first[inverse.ravel()]
-                for row in np.nonzero(same_vector != canonical)[0]:
-                    if self.attributes[row] == self.attributes[same_vector[row]]:
-                        canonical[row] = same_vector[row]
+            if n > 1:  # candidates share their first columns' bytes; then compared whole
+                head = np.ascontiguousarray(m[:, : min(self.dim, 4)])
+                keys = head.view(np.dtype((np.void, head.itemsize * head.shape[1]))).ravel()
+                _, label = np.unique(keys, return_inverse=True)
+                label = label.ravel()
+                shared = np.flatnonzero(np.bincount(label)[label] > 1)  # rows, ascending
+                groups: dict[int, list[int]] = {}  # head label -> the distinct rows seen so far
+                bits = m.view(np.int32)  # bytes, not float equality (-0.0 == 0.0, NaN != NaN)
+                for row in shared.tolist():
+                    originals = groups.setdefault(int(label[row]), [])
+                    for earlier in originals:
+                        if np.array_equal(bits[earlier], bits[row]) and self.attributes[row] == self.attributes[earlier]:
+                            canonical[row] = earlier
+                            break
+                    else:
+                        originals.append(row)
             self._duplicates = (self.version, canonical, np.nonzero(canonical != np.arange(n))[0])
         return self._duplicates[1], self._duplicates[2]
 
