@@ -282,10 +282,13 @@ def _latency(settings: Settings, broker_pid: int | None, items: list[dict], ids:
                                       rate, seconds))
         total = int(rate * seconds)
         lat = np.array(tracker.latencies) * 1000
+        m = worker.metrics()  # the worker's own view: record timestamp -> recommendation sent
+        own_ms = 1000 * m.get("event_to_recommendation_seconds_sum", 0.0) / max(1.0, m.get("event_to_recommendation_seconds_count", 0.0))
         return {"rate_target": round(rate), "rate_sent": round(total / publish_s), "events": total,
                 "applied": tracker.events_applied, "samples": len(lat),
                 **{f"p{q}_ms": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)},
-                "max_ms": round(float(lat.max()), 1), "memory": worker.memory(),
+                "max_ms": round(float(lat.max()), 1), "mean_ms": round(float(lat.mean()), 1),
+                "worker_mean_to_send_ms": round(own_ms, 1), "memory": worker.memory(),
                 # in arrival order: a second half far above the first means a growing backlog
                 "p50_first_second_half_ms": [round(float(np.median(h)), 1) for h in np.array_split(lat, 2)],
                 # of one core, over the phase: what each process took of this machine

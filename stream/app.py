@@ -225,12 +225,14 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             # Recommendations first: they need no changelog round trip (a crash before the acks
             # replays the events, already-applied ones as duplicates, and re-sends them).
             original = {w.user_id: w.handles[0].message.key for w in windows if w.handles}  # pseudonym -> id
+            recommended = {rec["user_id"] for rec in result.recommendations}
             records = []
             for rec in result.recommendations:
                 key = original.get(rec["user_id"]) or rec["user_id"].encode()
                 rec["user_id"] = key.decode()
                 records.append((None, key, orjson.dumps(rec)))
             log_failures(await send_batched(app, s.topics.recommendations, records), "recommendations")
+            ctx.metrics.observe_events(time.time(), (h.message.timestamp for w in windows if w.user_id in recommended for h in w.handles))
             await behind.submit(settle, windows, result, snapshot, started)
             if ctx.stopping or ctx.revoking:
                 await behind.drain()  # nothing left un-acked while Faust commits or stops

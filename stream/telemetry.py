@@ -26,6 +26,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+_EVENT_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 #: ``stats`` key prefix → (metric name, help, label name); the rest of the key is the label.
 _LABELLED = {
@@ -96,6 +97,10 @@ class WorkerMetrics:
                                        buckets=_SIZE_BUCKETS, registry=r)
         self.commit_seconds = Histogram("recstream_lmdb_commit_seconds", "LMDB write-transaction commit time "
                                         "(fsync included).", buckets=_LATENCY_BUCKETS, registry=r)
+        self.event_seconds = Histogram(
+            "recstream_event_to_recommendation_seconds", "Per event: from its Kafka record timestamp (the "
+            "producer's clock, or the broker's with LogAppendTime) to the send of the recommendation that "
+            "includes it.", buckets=_EVENT_LATENCY_BUCKETS, registry=r)
         #: () -> [(topic, partition, lag)]; the web module sets it once the app exists.
         self.lag = lag
         self.last_flush: float | None = None
@@ -115,6 +120,12 @@ class WorkerMetrics:
         self.flush_seconds.observe(seconds)
         self.flush_events.observe(events)
         self.flush_users.observe(users)
+
+    def observe_events(self, sent_s: float, record_timestamps_s: Iterable[float]) -> None:
+        """Event-to-recommendation latency of each event (Kafka Streams' record-e2e-latency)."""
+        observe = self.event_seconds.observe
+        for ts in record_timestamps_s:
+            observe(max(0.0, sent_s - ts))
 
     def observe_commit(self, seconds: float) -> None:
         self.commit_seconds.observe(seconds)

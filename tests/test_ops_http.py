@@ -132,6 +132,9 @@ def test_http_api_metrics_health_and_graceful_shutdown(own_broker, ml100k_dir, t
         assert m[("recstream_encoder_batch_seconds_count", ())] >= 1  # the new text
         assert m[("recstream_lmdb_commit_seconds_count", ())] >= 1
         assert m[("recstream_recommendations_total", ())] >= 1
+        # every event behind a recommendation, timed from its Kafka timestamp (seconds ago here)
+        timed = m[("recstream_event_to_recommendation_seconds_count", ())]
+        assert 1 <= timed <= 7 and m[("recstream_event_to_recommendation_seconds_bucket", (("le", "300.0"),))] == timed
         assert m[("recstream_pending_events", ())] == 1  # clock's open window
         lag = {k: v for k, v in m.items() if k[0] == "recstream_consumer_lag"}
         assert len(lag) == 3 * settings.topics.partitions and sum(lag.values()) >= 1, lag

@@ -24,6 +24,7 @@ def test_stats_become_labelled_counters_and_hooks_fill_histograms():
     metrics = WorkerMetrics(stats, gauges=lambda: {"pending_events": 7}, lag=lambda: [("t.views", 0, 5)])
     metrics.observe_flush(0.02, events=10, users=3)
     metrics.observe_commit(0.004)
+    metrics.observe_events(1000.0, [999.97, 999.5, 1000.2])  # a producer clock ahead counts as 0
 
     class Encoder:
         dim = 4
@@ -42,6 +43,9 @@ def test_stats_become_labelled_counters_and_hooks_fill_histograms():
     assert m[("recstream_events_applied_total", ())] == 0
     assert m[("recstream_window_flush_events_sum", ())] == 10 and m[("recstream_window_flush_users_sum", ())] == 3
     assert m[("recstream_lmdb_commit_seconds_count", ())] == 1
+    assert m[("recstream_event_to_recommendation_seconds_count", ())] == 3
+    assert m[("recstream_event_to_recommendation_seconds_bucket", (("le", "0.05"),))] == 2
+    assert abs(m[("recstream_event_to_recommendation_seconds_sum", ())] - 0.53) < 1e-6
     assert m[("recstream_encoder_batch_texts_sum", ())] == 2
     assert m[("recstream_pending_events", ())] == 7
     assert m[("recstream_consumer_lag", (("partition", "0"), ("topic", "t.views")))] == 5
