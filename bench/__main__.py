@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000, help="e2e: events through the pipeline (default 200,000)")
     parser.add_argument("--items", type=int, default=100_000, help="e2e-large: products in the synthetic catalogue")
     parser.add_argument("--rate", type=float, default=400.0, help="latency: events/s to feed the worker")
-    parser.add_argument("--latency-seconds", type=float, default=60.0, help="e2e: length of the 50%%-load phase")
+    parser.add_argument("--latency-seconds", type=float, default=60.0, help="e2e: length of the 50%%-load phase (0: skip it)")
     parser.add_argument("--profile", type=Path, help="e2e: py-spy the worker; top-N summary to this path")
     parser.add_argument("--broker-seconds", type=float, default=120.0, help="broker: how long to fill it")
     parser.add_argument("--broker-record-bytes", type=int, default=3000, help="broker: size of each record")

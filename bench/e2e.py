@@ -335,11 +335,13 @@ def run(events: int = 200_000, users: int = 10_000, load: float = 0.5, latency_s
         floor, floor_cpu = _floor(tp, workdir, events, timeout)
         (workdir / "tp").mkdir()
         ours = _throughput(tp, workdir / "tp", events, timeout, profile)
-    # A fresh broker: Tansu's memory storage costs more CPU per request the more it holds
-    # (BENCHMARKS.md, 2026-12-01), and phases 1-2 left some 200 MB in it.
-    with _broker("bench-e2e-lat-") as (workdir, url, broker_pid):
-        latency = _latency(_settings(url, "bench.lat."), broker_pid, items, ids, weights,
-                           load * ours["events_per_s"], latency_seconds, workdir)
+    latency = None  # --latency-seconds 0: throughput only
+    if latency_seconds > 0:
+        # A fresh broker: Tansu's memory storage costs more CPU per fetch the more it holds
+        # (BENCHMARKS.md, 2026-12-01 and 2026-12-02), and phases 1-2 left some 200 MB in it.
+        with _broker("bench-e2e-lat-") as (workdir, url, broker_pid):
+            latency = _latency(_settings(url, "bench.lat."), broker_pid, items, ids, weights,
+                               load * ours["events_per_s"], latency_seconds, workdir)
     result = {
         "benchmark": "e2e" if catalogue == "ml-100k" else "e2e-large", "catalogue": catalogue, "events": events, "users": users, "items": len(ids), "publish_events_per_s": round(events / publish_s),
         "floor_events_per_s": round(floor), "events_per_s": round(ours["events_per_s"]),
@@ -348,8 +350,8 @@ def run(events: int = 200_000, users: int = 10_000, load: float = 0.5, latency_s
         "floor_cpu_us_per_event": round(floor_cpu * 1e6), "cpu_us_per_event": round(ours["cpu_per_event"] * 1e6), "elapsed_s": round(ours["elapsed_s"], 1),
         "worker_peak_rss_mb": round(ours["memory"]["VmHWM"] / 2**20), "flushes": ours["flushes"],
         "recommendations": ours["recommendations"], "latency_flush": LATENCY_FLUSH,
-        "latency": {**{k: v for k, v in latency.items() if k != "memory"},
-                    "worker_peak_rss_mb": round(latency["memory"]["VmHWM"] / 2**20)},
+        "latency": None if latency is None else {**{k: v for k, v in latency.items() if k != "memory"},
+                                                 "worker_peak_rss_mb": round(latency["memory"]["VmHWM"] / 2**20)},
         "profiled": profile is not None,
     }
     if profile is not None:
