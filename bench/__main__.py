@@ -17,7 +17,8 @@ from bench import broker, e2e, encoders, flush, scoring, soak, store
 
 ON_REQUEST = {
     "latency": lambda a: e2e.run_latency(a.rate, a.latency_seconds),
-    "broker": lambda a: broker.run(seconds=a.broker_seconds, size=a.broker_record_bytes, linger_ms=a.broker_linger_ms),
+    "broker": lambda a: broker.run(seconds=a.broker_seconds, size=a.broker_record_bytes, linger_ms=a.broker_linger_ms,
+                                  consume=not a.broker_no_consumer),
 }
 BENCHMARKS = {
     "scoring": lambda a: scoring.run(),
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="e2e: py-spy the worker; top-N summary to this path")
     parser.add_argument("--broker-seconds", type=float, default=120.0, help="broker: how long to fill it")
     parser.add_argument("--broker-record-bytes", type=int, default=3000, help="broker: size of each record")
+    parser.add_argument("--broker-no-consumer", action="store_true", help="broker: produce only, no tail consumer")
     parser.add_argument("--broker-linger-ms", type=int, default=5, help="broker: the producer's linger (longer: fewer, larger batches)")
     parser.add_argument("--soak-seconds", type=float, default=180.0, help="soak: duration (600 for the 10-minute soak)")
     parser.add_argument("--soak-users", type=int, default=10_000,

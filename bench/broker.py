@@ -6,7 +6,9 @@ of 10,000, like the changelog) are produced to a 4-partition topic and read back
 consumer with a 20 ms fetch wait (as the worker's), and the broker's CPU and RSS are sampled
 every 10 s. With memory storage nothing is ever dropped, so what it holds grows with time.
 The producer's ``linger_ms`` sets how many records share a batch: Tansu's cost follows the
-number of batches it holds, not their bytes (BENCHMARKS.md, 2026-12-02).
+number of batches it holds, not their bytes, and the growth is in the fetch path: with
+``consume=False`` (``--broker-no-consumer``) the same produce rate stays flat (BENCHMARKS.md,
+2026-12-02).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ __all__ = ["run"]
 
 
 def run(seconds: float = 120.0, rate: float = 300.0, size: int = 3000, compact: bool = True, every_s: float = 10.0,
-        linger_ms: int = 5) -> dict:
+        linger_ms: int = 5, consume: bool = True) -> dict:
     from kafka import KafkaConsumer, KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
@@ -34,7 +36,7 @@ def run(seconds: float = 120.0, rate: float = 300.0, size: int = 3000, compact: 
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=linger_ms, batch_size=128 * 1024)
         stop, received = threading.Event(), [0]
 
-        def consume() -> None:
+        def tail() -> None:
             consumer = KafkaConsumer("fill", bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
                                      group_id=None, fetch_max_wait_ms=20, consumer_timeout_ms=200)
             while not stop.is_set():
@@ -42,8 +44,9 @@ def run(seconds: float = 120.0, rate: float = 300.0, size: int = 3000, compact: 
                     received[0] += 1
             consumer.close()
 
-        reader = threading.Thread(target=consume, daemon=True)
-        reader.start()
+        reader = threading.Thread(target=tail, daemon=True)
+        if consume:
+            reader.start()
         value, sent = b"v" * size, 0
         t0 = last_t = time.perf_counter()
         last_cpu, next_sample = process_cpu_s(broker.pid), t0 + every_s
@@ -61,7 +64,9 @@ def run(seconds: float = 120.0, rate: float = 300.0, size: int = 3000, compact: 
         finally:
             stop.set()
             producer.close()
-            reader.join(timeout=5)
+            if consume:
+                reader.join(timeout=5)
     return {"benchmark": "broker", "seconds": seconds, "rate": rate, "record_bytes": size, "linger_ms": linger_ms, "compacted": compact,
+            "consumer": consume,
             "broker_cpu_pct_first_last": [samples[0]["broker_cpu_pct"], samples[-1]["broker_cpu_pct"]] if samples else [],
             "samples": samples}
