@@ -163,6 +163,9 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "recstream", help="where ml-100k is cached")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--epochs", type=int, help="override RecBole's default (300, early stopping after 10)")
+    parser.add_argument("--compile", action="store_true",
+                        help="train through torch.compile (same model and settings; about 2.5x faster on CPU, "
+                             "dropout masks from inductor's RNG, so not bit-identical to an eager run)")
     parser.add_argument("--evaluate", nargs="?", const="latest", metavar="CHECKPOINT",
                         help="only evaluate a checkpoint (default: the newest under OUT/saved) on valid and test")
     parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
@@ -197,8 +200,10 @@ def main() -> None:
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(model)
+    if args.compile:  # the trainer calls model.calculate_loss: compile that, the module (and checkpoints) stay as they are
+        model.calculate_loss = torch.compile(model.calculate_loss)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    result: dict = {"split": split}
+    result: dict = {"split": split, "compiled": args.compile}
     started = time.perf_counter()
     if args.evaluate:
         ckpt = _checkpoint(out, args.evaluate)
