@@ -262,7 +262,7 @@ class HybridSettings(_Section):
     #: user's item-kNN scores come from their own last ``window`` (at most ``store.history_len``).
     window: int = Field(20, ge=2, le=10_000)
     popularity_half_life_s: float = Field(7 * 86_400.0, gt=0)
-    #: Co-occurrence is a dense items × items float32 matrix: kept up to this many items.
+    #: Co-occurrence is a dense items × items float32 matrix up to this many items, sparse past it.
     max_items: int = Field(4096, ge=1, le=65_536)
 
     @property

@@ -392,7 +392,7 @@ class Processor:
         diversity = self.settings.ranking.diversity
         pool = max(k, self.settings.ranking.diversity_pool) if diversity else k
         cooc_weight = self._item_weights(self.hybrid_weights)[0]
-        explained = bool(np.any(cooc_weight)) and self.signals is not None and self.signals.cooc_enabled
+        explained = bool(np.any(cooc_weight)) and self.signals is not None
         parts, scales = [], []
         for b in iter_blocks(len(profiles)):
             if explained:

@@ -69,9 +69,14 @@ def random_stream(seed: int, n_items: int, users: int, events: int, history_len:
     return histories, changes
 
 
-def test_counts_pairs_in_the_window_and_forgets_what_leaves_it():
+#: ``max_items`` that keeps co-occurrence dense, and one that makes any catalogue sparse
+STORAGES = pytest.mark.parametrize("max_items", [4096, 1], ids=["dense", "sparse"])
+
+
+@STORAGES
+def test_counts_pairs_in_the_window_and_forgets_what_leaves_it(max_items):
     catalogue = catalogue_of(5)
-    signals = ItemSignals(catalogue, window=2, half_life_s=86_400)
+    signals = ItemSignals(catalogue, window=2, half_life_s=86_400, max_items=max_items)
     h1 = entries("i0", "i1")
     signals.replace([], h1)
     assert signals.cooc[0, 1] == signals.cooc[1, 0] == 1 and signals.cooc.sum() == 2
@@ -83,22 +88,25 @@ def test_counts_pairs_in_the_window_and_forgets_what_leaves_it():
     assert not signals.cooc.any() and not signals.counts.any() and not signals.popularity.any()
 
 
-def test_same_item_twice_is_no_pair_with_itself():
+@STORAGES
+def test_same_item_twice_is_no_pair_with_itself(max_items):
     catalogue = catalogue_of(3)
-    signals = ItemSignals(catalogue, window=10, half_life_s=86_400)
+    signals = ItemSignals(catalogue, window=10, half_life_s=86_400, max_items=max_items)
     signals.replace([], entries("i0", "i1", "i0"))
     assert np.diag(signals.cooc).sum() == 0
     assert signals.cooc[0, 1] == signals.cooc[1, 0] == 2  # both i0 positions pair with i1
     assert signals.counts[0] == 2
 
 
+@STORAGES
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_incremental_equals_rebuilt_and_the_definition(seed):
+def test_incremental_equals_rebuilt_and_the_definition(seed, max_items):
     catalogue = catalogue_of(30)
     histories, changes = random_stream(seed, 30, users=12, events=600, history_len=20)
-    incremental = ItemSignals(catalogue, window=8, half_life_s=2 * 86_400)
+    incremental = ItemSignals(catalogue, window=8, half_life_s=2 * 86_400, max_items=max_items)
     incremental.apply(changes)
-    rebuilt = ItemSignals(catalogue, window=8, half_life_s=2 * 86_400)
+    assert incremental.sparse == (max_items < 30)
+    rebuilt = ItemSignals(catalogue, window=8, half_life_s=2 * 86_400, max_items=max_items)
     rebuilt.apply(((), h) for h in histories.values())
     cooc, counts, pop = brute_force(catalogue, list(histories.values()), 8, 2 * DAY_MS)
     np.testing.assert_array_equal(incremental.cooc, cooc)
@@ -108,10 +116,11 @@ def test_incremental_equals_rebuilt_and_the_definition(seed):
     np.testing.assert_allclose(rebuilt.popularity_scores(), pop, rtol=1e-5, atol=1e-7)
 
 
-def test_cooccurrence_scores_are_cosine_item_knn():
+@STORAGES
+def test_cooccurrence_scores_are_cosine_item_knn(max_items):
     catalogue = catalogue_of(12)
     histories, changes = random_stream(5, 12, users=6, events=200, history_len=10)
-    signals = ItemSignals(catalogue, window=6, half_life_s=86_400)
+    signals = ItemSignals(catalogue, window=6, half_life_s=86_400, max_items=max_items)
     signals.apply(changes)
     cooc, counts, _ = brute_force(catalogue, list(histories.values()), 6, DAY_MS)
     norm = np.sqrt(np.maximum(counts, 1))
@@ -122,17 +131,44 @@ def test_cooccurrence_scores_are_cosine_item_knn():
         np.testing.assert_allclose(got[u], want, rtol=1e-5, atol=1e-6)
 
 
-def test_catalogue_growth_keeps_counts_and_large_catalogues_drop_cooccurrence(caplog):
+def test_catalogue_growth_keeps_counts_and_large_catalogues_go_sparse(caplog):
+    caplog.set_level("INFO", logger="stream.signals")
     catalogue = catalogue_of(3)
     signals = ItemSignals(catalogue, window=5, half_life_s=86_400, max_items=4)
     signals.replace([], entries("i0", "i1"))
     catalogue.upsert("i3", np.ones(4, np.float32) / 2)
     signals.replace([], entries("i3", "i0"))
     assert signals.cooc.shape == (4, 4) and signals.cooc[0, 1] == 1 and signals.cooc[3, 0] == 1
-    catalogue.upsert("i4", np.ones(4, np.float32) / 2)
-    assert not signals.cooccurrence_scores([entries("i0")]).any()
-    assert "item co-occurrence is off" in caplog.text
-    assert signals.popularity_scores().shape == (5,)  # popularity is kept at any size
+    dense_scores = signals.cooccurrence_scores([entries("i0")])
+    catalogue.upsert("i4", np.ones(4, np.float32) / 2)  # past max_items: the counts move to sparse rows
+    sparse_scores = signals.cooccurrence_scores([entries("i0")])
+    assert signals.sparse and "kept sparse" in caplog.text
+    np.testing.assert_array_equal(sparse_scores[:, :4], dense_scores)
+    assert signals.cooc.shape == (5, 5) and signals.cooc[0, 1] == 1 and signals.cooc[3, 0] == 1
+    signals.replace([], entries("i4", "i0"))  # and go on counting
+    assert signals.cooc[4, 0] == signals.cooc[0, 4] == 1 and signals.counts.tolist() == [3, 1, 0, 1, 1]
+    assert signals.popularity_scores().shape == (5,)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sparse_rows_match_the_dense_matrix_through_merges_and_decrements(seed):
+    """Many rows past SparseCounts.MERGE_AT pending columns, windows sliding out (decrements
+    to 0): sparse and dense hold the same counts, scores and pair strengths."""
+    catalogue = catalogue_of(120)
+    histories, changes = random_stream(seed, 120, users=40, events=3000, history_len=30)
+    dense, sparse = (ItemSignals(catalogue, window=12, half_life_s=86_400, max_items=m) for m in (4096, 1))
+    for before, after in changes:
+        dense.replace(before, after)
+        sparse.replace(before, after)
+    assert sparse.sparse and not dense.sparse
+    np.testing.assert_array_equal(sparse.cooc, dense.cooc)
+    users = list(histories.values())
+    np.testing.assert_allclose(sparse.cooccurrence_scores(users), dense.cooccurrence_scores(users), rtol=1e-6, atol=1e-7)
+    rng = np.random.default_rng(seed)
+    recs = rng.integers(0, 120, (len(users), 10))
+    hist = np.where(rng.random((len(users), 15)) < 0.8, rng.integers(0, 120, (len(users), 15)), -1)
+    weight = np.where(hist >= 0, rng.integers(0, 3, hist.shape), 0).astype(np.float32)  # padding weighs 0, as in _because
+    np.testing.assert_array_equal(sparse.pair_strength(recs, hist, weight), dense.pair_strength(recs, hist, weight))
 
 
 def test_store_reports_committed_history_changes_only(tmp_path):
