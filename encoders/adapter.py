@@ -13,11 +13,12 @@ cannot know (what people who watch one film also watch). Its parts:
     item never seen in tuning is placed near the seen items it shares a director or cast with;
   - ``half_lives_s`` / ``kind_weights``: the profile horizons and event weights it was
     trained with (they replace the configured ones: the vectors only make sense with them);
-  - ``positions``: weights of the user's most recent items by position (most recent first),
-    the short-term signal that event time cannot give when a session's events share a
-    second;
+  - ``positions``: one or more rows of weights of the user's most recent items by position
+    (most recent first), the short-term signal that event time cannot give when a session's
+    events share a second; several rows let the query tell the last item from the last
+    few and the last fifty (an order-aware summary that is still just weighted sums);
   - a query MLP: ``q = W2·gelu(W1·h + b1) + b2 + S·h`` over ``h`` = the unit horizon vectors
-    and the unit position-weighted recent vector, concatenated.
+    and the unit position-weighted recent vectors, concatenated.
 
 Scores are ``q · v_item``, so one matrix product ranks the catalogue, as for untuned models.
 """
@@ -66,18 +67,27 @@ class Adapter:
     horizons: np.ndarray  # (H,) str
     half_lives_s: np.ndarray  # (H,) float64
     kind_weights: np.ndarray  # (3,) float64, in EVENT_KINDS order
-    positions: np.ndarray  # (P,) float32, most recent first
-    q_w1: np.ndarray  # ((H+1)·D, hidden)
+    positions: np.ndarray  # (M, P) float32, most recent first (adapters before heads: (P,))
+    q_w1: np.ndarray  # ((H+M)·D, hidden)
     q_b1: np.ndarray  # (hidden,)
     q_w2: np.ndarray  # (hidden, D)
     q_b2: np.ndarray  # (D,)
-    q_skip: np.ndarray  # ((H+1)·D, D)
+    q_skip: np.ndarray  # ((H+M)·D, D)
     fact_keys: np.ndarray | None = None  # (V,) str, "relation\tentity"
     fact_vectors: np.ndarray | None = None  # (V, D) float32
+
+    def __post_init__(self) -> None:
+        if self.positions.ndim == 1:  # tuned before position heads: one row
+            object.__setattr__(self, "positions", self.positions[None, :])
 
     @property
     def dim(self) -> int:
         return int(self.q_b2.shape[0])
+
+    @property
+    def recent_items(self) -> int:
+        """How many of the user's most recent items the query reads."""
+        return int(self.positions.shape[1])
 
     def residual_rows(self) -> dict[str, int]:
         return {str(i): n for n, i in enumerate(self.item_ids)}
@@ -115,11 +125,14 @@ class Adapter:
         :param recent_vectors: (U, P', D) the user's most recent item vectors, most recent first.
         :param recent_mask: (U, P') True where a recent slot holds an item.
         """
-        n_users = profile_vectors.shape[0]
-        p = min(recent_vectors.shape[1], self.positions.shape[0])
-        weights = self.positions[None, :p] * recent_mask[:, :p]
-        recent = np.einsum("up,upd->ud", weights, recent_vectors[:, :p]) if p else np.zeros((n_users, self.dim), np.float32)
-        h = np.concatenate([_unit(profile_vectors).reshape(n_users, -1), _unit(recent)], axis=1)
+        n_users, heads = profile_vectors.shape[0], self.positions.shape[0]
+        p = min(recent_vectors.shape[1], self.recent_items)
+        if p:
+            weights = self.positions[None, :, :p] * recent_mask[:, None, :p]  # (U, M, p)
+            recent = np.einsum("ump,upd->umd", weights, recent_vectors[:, :p])
+        else:
+            recent = np.zeros((n_users, heads, self.dim), np.float32)
+        h = np.concatenate([_unit(profile_vectors).reshape(n_users, -1), _unit(recent).reshape(n_users, -1)], axis=1)
         q = gelu(h @ self.q_w1 + self.q_b1) @ self.q_w2 + self.q_b2 + h @ self.q_skip
         return q.astype(np.float32)
 
@@ -139,8 +152,8 @@ class Adapter:
         except (OSError, KeyError, ValueError) as exc:
             raise EncoderError(f"{path}: unreadable adapter ({exc})") from None
         adapter = cls(**arrays)
-        d, h = adapter.dim, len(adapter.horizons)
-        if adapter.residuals.shape[1:] != (d,) or adapter.q_skip.shape != ((h + 1) * d, d) or len(adapter.half_lives_s) != h:
+        d, h, m = adapter.dim, len(adapter.horizons), adapter.positions.shape[0]
+        if adapter.residuals.shape[1:] != (d,) or adapter.q_skip.shape != ((h + m) * d, d) or len(adapter.half_lives_s) != h:
             raise EncoderError(f"{path}: inconsistent adapter shapes")
         if (adapter.fact_keys is None) != (adapter.fact_vectors is None) or (
                 adapter.fact_keys is not None and adapter.fact_vectors.shape != (len(adapter.fact_keys), d)):

@@ -418,7 +418,7 @@ class Processor:
         vectors = np.stack([p.vectors for p in profiles])
         if self.adapter is None:
             return blend_queries(vectors, self.blend)
-        n_recent = len(self.adapter.positions)
+        n_recent = self.adapter.recent_items
         rows = np.full((len(profiles), n_recent), -1, np.int64)
         index = self.catalogue.index
         for u, p in enumerate(profiles):

@@ -15,7 +15,7 @@ import pytest
 from encoders import CachedEncoder, EmbeddingCache, EncoderError, OnnxTextEncoder
 from dataclasses import replace
 
-from encoders.adapter import ADAPTER_FILE, Adapter, fact_key
+from encoders.adapter import ADAPTER_FILE, Adapter, fact_key, gelu
 from encoders.tune import _lr_schedule, build_training_data, fact_vocabulary, tune
 from stream.catalog import Catalogue, item_text
 from stream.config import load_settings
@@ -262,3 +262,59 @@ def test_the_worker_stores_facts_and_re_encodes_an_item_when_only_its_facts_chan
     np.testing.assert_allclose(again.catalogue.matrix[again.catalogue.index[item.item_id]], before, atol=1e-6)
     again.store.close()
     again.encoder.cache.close()
+
+
+def _random_adapter(rng, heads: int, positions: int = 5, dim: int = 4, hidden: int = 6) -> Adapter:
+    features = (2 + heads) * dim  # two horizons
+    shape = (heads, positions) if heads > 1 else (positions,)
+    return Adapter(
+        item_ids=np.array(["i0"]), residuals=np.zeros((1, dim), np.float32), horizons=np.array(["short", "long"]),
+        half_lives_s=np.array([60.0, 3600.0]), kind_weights=np.ones(3), positions=rng.random(shape).astype(np.float32),
+        q_w1=rng.normal(size=(features, hidden)), q_b1=rng.normal(size=hidden), q_w2=rng.normal(size=(hidden, dim)),
+        q_b2=rng.normal(size=dim), q_skip=rng.normal(size=(features, dim)),
+    )
+
+
+def test_position_heads_each_summarise_the_recent_items_with_their_own_weights(tmp_path):
+    """Adapter.query with M heads feeds the MLP M unit position-weighted sums (most recent
+    first); an adapter saved before heads existed (1-D positions) is one head."""
+    rng = np.random.default_rng(3)
+    adapter = _random_adapter(rng, heads=3)
+    profiles = rng.normal(size=(2, 2, 4))
+    recent = rng.normal(size=(2, 5, 4)).astype(np.float32)
+    mask = np.array([[True] * 5, [True, True, False, False, False]])
+    unit = lambda x: x / np.linalg.norm(x)  # noqa: E731
+    for u in range(2):
+        sums = [unit(((adapter.positions[m] * mask[u])[:, None] * recent[u]).sum(axis=0)) for m in range(3)]
+        h = np.concatenate([unit(profiles[u, 0]), unit(profiles[u, 1]), *sums])
+        want = gelu(h @ adapter.q_w1 + adapter.q_b1) @ adapter.q_w2 + adapter.q_b2 + h @ adapter.q_skip
+        np.testing.assert_allclose(adapter.query(profiles, recent, mask)[u], want, rtol=1e-5, atol=1e-5)
+    legacy = _random_adapter(rng, heads=1)
+    assert legacy.positions.shape == (1, 5) and legacy.recent_items == 5
+    legacy.save(tmp_path)
+    with np.load(tmp_path / ADAPTER_FILE, allow_pickle=False) as data:
+        np.savez(tmp_path / ADAPTER_FILE, **{k: (data[k][0] if k == "positions" else data[k]) for k in data.files})
+    with np.load(tmp_path / ADAPTER_FILE, allow_pickle=False) as data:
+        assert data["positions"].shape == (5,)  # as written before heads
+    again = Adapter.load(tmp_path)
+    np.testing.assert_array_equal(again.query(profiles, recent, mask), legacy.query(profiles, recent, mask))
+
+
+def test_weighted_sums_equal_the_explicit_sum_and_their_gradients():
+    import torch
+
+    from encoders.tune import _weighted_sums
+
+    gen = torch.Generator().manual_seed(0)
+    items = torch.randn(7, 3, generator=gen, requires_grad=True)
+    rows = torch.tensor([[0, 3, 3, 6], [2, 2, 0, 1]])  # repeats: both occurrences count
+    weights = torch.rand(2, 5, 4, generator=gen, requires_grad=True)
+    got = _weighted_sums(torch, items, rows, weights)
+    want = torch.stack([torch.stack([sum(weights[b, k, c] * items[rows[b, c]] for c in range(4)) for k in range(5)])
+                        for b in range(2)])
+    torch.testing.assert_close(got, want)
+    probe = torch.randn(2, 5, 3, generator=gen)
+    g_items, g_weights = torch.autograd.grad((got * probe).sum(), (items, weights))
+    w_items, w_weights = torch.autograd.grad((want * probe).sum(), (items, weights))
+    torch.testing.assert_close(g_items, w_items)
+    torch.testing.assert_close(g_weights, w_weights)
