@@ -205,8 +205,8 @@ def _model(torch, text: np.ndarray, trainable_items: np.ndarray, cfg: Any,
             pos = torch.zeros(heads, context, dtype=items.dtype)
             if p:  # contexts hold the most recent item last; the weights are most recent first
                 pos = torch.cat([torch.zeros(heads, context - p), torch.exp(self.log_positions[:, :p]).flip(1)], dim=1)
-            weights.extend(pos[m][None, :] * present for m in range(heads))
-            pooled = _weighted_sums(torch, items, rows.clamp(min=0), torch.stack(weights, dim=1))
+            weights = torch.cat([torch.stack(weights, dim=1), pos[None] * present[:, None, :]], dim=1)  # (B, H+M, C)
+            pooled = _weighted_sums(torch, items, rows.clamp(min=0), weights)
             h = nn.functional.normalize(pooled, dim=-1).flatten(1)
             return self.query_mlp(h) + self.query_skip(h)
 
