@@ -48,16 +48,20 @@ bench: $(STAMP)
 soak: $(STAMP)
 	$(PY) -m bench soak --soak-seconds 600
 
-# SASRec (RecBole 1.2.1 defaults) on the replay's ml-100k split, in its own venv (hours on CPU;
-# compiled, ~2 min an epoch here; run it again to resume).
-SASREC_VENV ?= .cache/sasrec-venv
+# SASRec (RecBole 1.2.1 defaults) on the replay's ml-100k split, in its own venv (hours on CPU:
+# compiled, 2-4 min an epoch on 2 cores). Run it again to go on exactly where it stopped
+# (var/sasrec/latest.pth); a run carried over from another machine starts from SASREC_STATE.
+SASREC_VENV  ?= .cache/sasrec-venv
+SASREC_STATE ?= bench/sasrec-state.pth
 sasrec:
 	test -x $(SASREC_VENV)/bin/python || $(PYTHON) -m venv $(SASREC_VENV)
 	$(SASREC_VENV)/bin/pip install -q "$(TORCH)"
 	$(SASREC_VENV)/bin/pip install -q --no-deps recbole==1.2.1
 	$(SASREC_VENV)/bin/pip install -q -r bench/sasrec-requirements.txt
+	test -e var/sasrec/latest.pth || ! test -e $(SASREC_STATE) || \
+	  { mkdir -p var/sasrec && cp $(SASREC_STATE) var/sasrec/latest.pth; }
 	nice -n 19 $(SASREC_VENV)/bin/python bench/sasrec.py --out var/sasrec --compile \
-	  $$(ls var/sasrec/saved/*.pth >/dev/null 2>&1 && echo --resume)  # go on from the last checkpoint, if any
+	  $$(test -e var/sasrec/latest.pth && echo --resume)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -5,6 +5,13 @@ BENCHMARKS.md "SASRec (RecBole 1.2.1) on our split" for how to build it)::
 
     python bench/sasrec.py --out /work/sasrec-run              # export, check split, train, test
     python bench/sasrec.py --out /work/sasrec-run --evaluate   # test the best checkpoint so far
+    python bench/sasrec.py --out /work/sasrec-run --resume     # go on exactly where it stopped
+
+After every epoch the run writes ``OUT/latest.pth``: weights, Adam state, early-stopping
+counters, the best epoch's checkpoint and every random state (torch's, which also seeds
+inductor's dropout, and the shuffling generator of the training loader). Resuming from it
+continues the very same run, so hours of CPU training can be spread over machines that do not
+outlive a session: copy that one file into the next machine's ``OUT``.
 
 The events are exported in exactly the order ``recstream replay --dataset ml-100k`` replays
 them (``stream.movielens.load_ratings``: event time, then user and item id as strings). The
@@ -148,6 +155,57 @@ def evaluate_ours(model, data, seqs: dict[str, list[str]]) -> dict:
     return {"n": len(ranks), "hr@10": round(m["hr"], 4), "ndcg@10": round(m["ndcg"], 4), "mrr": round(m["mrr"], 4)}
 
 
+def save_state(path: Path, trainer, train_data, epoch: int, valid_curve: list[float]) -> None:
+    """Everything ``restore_state`` needs to continue this run bit for bit, written atomically."""
+    import random
+
+    import torch
+
+    best = torch.load(trainer.saved_model_file, map_location="cpu")
+    best.pop("optimizer", None)  # the best epoch is kept for testing, not for training on
+    state = {
+        "epoch": epoch,
+        "cur_step": trainer.cur_step,
+        "best_valid_score": trainer.best_valid_score,
+        "best_valid_result": dict(trainer.best_valid_result),
+        "valid_curve": list(valid_curve),
+        "state_dict": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "best": best,
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "loader": train_data.generator.get_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        },
+    }
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial, pickle_protocol=4)
+    os.replace(partial, path)
+
+
+def restore_state(path: Path, trainer, train_data) -> list[float]:
+    """Put the trainer, its best checkpoint and the random states back as ``save_state`` left them."""
+    import random
+
+    import torch
+
+    state = torch.load(path, map_location="cpu")
+    trainer.model.load_state_dict(state["state_dict"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.start_epoch = state["epoch"] + 1
+    trainer.cur_step = state["cur_step"]
+    trainer.best_valid_score = state["best_valid_score"]
+    trainer.best_valid_result = state["best_valid_result"]
+    best = dict(state["best"], optimizer=state["optimizer"])  # RecBole's checkpoint format
+    torch.save(best, trainer.saved_model_file, pickle_protocol=4)
+    torch.set_rng_state(state["rng"]["torch"])
+    train_data.generator.set_state(state["rng"]["loader"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    return list(state["valid_curve"])
+
+
 def _checkpoint(out: Path, name: str) -> str:
     if name != "latest":
         return name
@@ -169,8 +227,8 @@ def main() -> None:
     parser.add_argument("--evaluate", nargs="?", const="latest", metavar="CHECKPOINT",
                         help="only evaluate a checkpoint (default: the newest under OUT/saved) on valid and test")
     parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
-                        help="go on training from a checkpoint (default: the newest under OUT/saved): its epoch, "
-                             "weights, optimizer state and best valid score; RecBole saves only improving epochs")
+                        help="go on training: by default exactly where the run stopped (OUT/latest.pth); given a "
+                             "RecBole checkpoint, from its epoch, weights, optimizer state and best valid score")
     args = parser.parse_args()
 
     _shims()
@@ -212,10 +270,22 @@ def main() -> None:
         test_recbole = trainer.evaluate(test_data, load_best_model=True, model_file=ckpt, show_progress=False)
         name = "result-evaluate.json"
     else:
-        if args.resume:
+        latest = out / "latest.pth"
+        valid_curve: list[float] = []
+        if args.resume == "latest" and latest.exists():
+            valid_curve = restore_state(latest, trainer, train_data)
+            logger.info(f"resumed exactly from {latest} at epoch {trainer.start_epoch}")
+        elif args.resume:
             trainer.resume_checkpoint(_checkpoint(out, args.resume))
             logger.info(f"resumed from {trainer.saved_model_file} at epoch {trainer.start_epoch}")
-        best_score, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+
+        def after_epoch(epoch: int, valid_score: float) -> None:
+            valid_curve.append(valid_score)
+            save_state(latest, trainer, train_data, epoch, valid_curve)
+
+        best_score, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=False,
+                                             callback_fn=after_epoch)
+        result["valid_curve"] = valid_curve
         result.update(best_valid_score=best_score, best_valid_recbole=dict(best_valid),
                       checkpoint=trainer.saved_model_file, train_s=round(time.perf_counter() - started, 1))
         test_recbole = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
