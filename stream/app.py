@@ -98,7 +98,7 @@ class WorkerContext:
             log.warning("stored item vectors come from another model: re-encoding the catalogue as it is read")
         else:
             for item in stored:
-                self.catalogue.upsert(item.item_id, item.vector, split_stored_attributes(item.attributes)[0])
+                self.catalogue.upsert(item.item_id, item.vector, split_stored_attributes(item.attributes)[0], item.text)
         self.reencoded: set[str] = set()
         self.processor = Processor(s, self.store, self.catalogue, self.encoder)
         self.processor.follow_store()  # rebuilt from the store once the catalogue is in: rebuild_signals
@@ -134,8 +134,8 @@ class WorkerContext:
         with self.store.write() as txn:
             for (item, text), vector in zip(changed, vectors):
                 txn.put_item(ItemRecord(item.item_id, item.title, text, np.asarray(vector, np.float32), stored_attributes(item), stamp))
-        for (item, _), vector in zip(changed, vectors):
-            self.catalogue.upsert(item.item_id, vector, item.attributes)
+        for (item, text), vector in zip(changed, vectors):
+            self.catalogue.upsert(item.item_id, vector, item.attributes, text)
         return len(changed)
 
 

@@ -6,6 +6,7 @@ is rebuilt lazily after upserts so ranking always sees one contiguous float32 ar
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +156,8 @@ class Catalogue:
         self.ids: list[str] = []
         self.index: dict[str, int] = {}
         self.attributes: list[dict[str, str | list[str]]] = []
+        #: Per row, the text the encoder saw and the attributes, frozen (None: text not given).
+        self._text_keys: list[tuple[str, str] | None] = []
         #: +1 per upsert: lets callers cache what they derive from the rows.
         self.version = 0
         self._rows: list[np.ndarray] = []
@@ -169,10 +172,11 @@ class Catalogue:
         a tuned model's residuals are added as in :func:`item_vectors`."""
         from encoders.catalogue import encode_in_chunks
 
-        vectors = _with_residuals(encoder, items, encode_in_chunks(encoder, [item_text(i) for i in items], progress=progress))
+        texts = [item_text(i) for i in items]
+        vectors = _with_residuals(encoder, items, encode_in_chunks(encoder, texts, progress=progress))
         catalogue = cls(encoder.dim)
-        for item, vector in zip(items, vectors):
-            catalogue.upsert(item.item_id, vector, item.attributes)
+        for item, vector, text in zip(items, vectors, texts):
+            catalogue.upsert(item.item_id, vector, item.attributes, text)
         return catalogue
 
     def __len__(self) -> int:
@@ -181,17 +185,24 @@ class Catalogue:
     def __contains__(self, item_id: object) -> bool:
         return item_id in self.index
 
-    def upsert(self, item_id: str, vector: np.ndarray, attributes: dict[str, str | list[str]] | None = None) -> None:
+    def upsert(self, item_id: str, vector: np.ndarray, attributes: dict[str, str | list[str]] | None = None,
+               text: str | None = None) -> None:
+        """Add or replace a row; ``text`` (what the encoder saw) lets :attr:`duplicates` find
+        repeats whose vectors differ (a tuned model's per-item residuals)."""
         vector = np.asarray(vector, np.float32).reshape(self.dim)
+        attributes = dict(attributes or {})
+        key = None if text is None else (text, json.dumps(attributes, sort_keys=True, ensure_ascii=False))
         row = self.index.get(item_id)
         if row is None:
             self.index[item_id] = len(self.ids)
             self.ids.append(item_id)
             self._rows.append(vector)
-            self.attributes.append(dict(attributes or {}))
+            self.attributes.append(attributes)
+            self._text_keys.append(key)
         else:
             self._rows[row] = vector
-            self.attributes[row] = dict(attributes or {})
+            self.attributes[row] = attributes
+            self._text_keys[row] = key
         self._dirty = True
         self.version += 1
 
@@ -204,19 +215,26 @@ class Catalogue:
 
     @property
     def duplicates(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(canonical, repeats)``: for each row the first row with the same vector and
-        attributes (itself for almost every row), and the rows that repeat an earlier one.
+        """``(canonical, repeats)``: for each row the first row with the same text and
+        attributes, or, for rows upserted without their text, the same vector and attributes
+        (itself for almost every row); and the rows that repeat an earlier one.
 
         Some catalogues list one thing twice under two ids (ml-100k has films entered twice,
         same title, year and genres). To a user they are one item, so the ranking shows only
         the first and treats having seen either as having seen it (:mod:`stream.processor`).
-        Recomputed when the catalogue changes: a sort of the rows' first 16 bytes, then a
-        whole-row comparison of the few rows that share them.
+        The text decides where it is known: a tuned model gives each id its own residual, so
+        the two entries' vectors differ. Recomputed when the catalogue changes: one dict pass
+        over the texts; for the rest, a sort of the rows' first 16 bytes, then a whole-row
+        comparison of the few rows that share them.
         """
         if self._duplicates[0] != self.version:
             m = self.matrix
             n = len(m)
             canonical = np.arange(n)
+            first_with: dict[tuple[str, str], int] = {}
+            for row, key in enumerate(self._text_keys):
+                if key is not None:
+                    canonical[row] = first_with.setdefault(key, row)
             if n > 1:  # candidates share their first columns' bytes; then compared whole
                 head = np.ascontiguousarray(m[:, : min(self.dim, 4)])
                 keys = head.view(np.dtype((np.void, head.itemsize * head.shape[1]))).ravel()
@@ -226,6 +244,8 @@ class Catalogue:
                 groups: dict[int, list[int]] = {}  # head label -> the distinct rows seen so far
                 bits = m.view(np.int32)  # bytes, not float equality (-0.0 == 0.0, NaN != NaN)
                 for row in shared.tolist():
+                    if self._text_keys[row] is not None:
+                        continue  # decided by its text
                     originals = groups.setdefault(int(label[row]), [])
                     for earlier in originals:
                         if np.array_equal(bits[earlier], bits[row]) and self.attributes[row] == self.attributes[earlier]:

@@ -3,7 +3,8 @@
 Protocols:
 
 * ``leave-last-out``: each user's last event is the test target and the one before it the
-  validation target; full ranking over the catalogue, seen items excluded.
+  validation target; full ranking over the catalogue, seen items excluded (an item the
+  catalogue lists twice is one item: recstream's hit on either entry counts).
 * ``prequential``: test-then-train on every event.
 
 Both run as one pass in event-time order, so nothing from the future reaches a profile or
@@ -117,7 +118,8 @@ def run_replay(
     0-based rank), ``eval_months`` (the month of each test evaluation) and ``scores``
     (recstream's score of each test target and of its K-th best item), for reports.
     ``observe(role, model, scores, target_row)`` sees every evaluation's (N,) scores, seen
-    items at -inf, in the same order for every model.
+    items at -inf, in the same order for every model (recstream's ``target_row`` is the
+    entry it ranks of an item the catalogue lists twice).
     ``observe_parts(roles, combine, target_rows)`` sees each scored block of evaluations
     with ``combine(weights)``, its (U, N) scores under other hybrid weights (for
     :mod:`stream.hybrid`'s fit); it also makes the replay keep the signals.
@@ -146,6 +148,9 @@ def run_replay(
         histories: dict[str, list[HistoryEntry]] = defaultdict(list)  # as the flush stores them
         history_len = settings.store.history_len
         tuned_items = set(processor.adapter.residual_rows()) if processor.adapter is not None else None
+        # recstream ranks one entry of an item the catalogue lists twice (Catalogue.duplicates):
+        # a target on the other entry is a hit for that one
+        canonical = catalogue.duplicates[0]
 
         def process(chunk: list[int]) -> None:
             nonlocal skipped, applied_until
@@ -204,11 +209,11 @@ def run_replay(
                 moment = None if signals is None else (np.stack(cooc_rows[part]), np.stack(pop_rows[part]))
                 block, block_exclude = snapshots[part], excludes[part]
                 parts = processor.score_parts(block, moment)
+                target_rows = canonical[np.array(targets[part], np.int64)]
                 if observe_parts is not None:
                     observe_parts(evaluated[part], lambda w, p=parts, b=block, x=block_exclude: processor.combine(p, b, x, w),
-                                  np.array(targets[part]))
+                                  target_rows)
                 scores = processor.combine(parts, block, block_exclude)
-                target_rows = np.array(targets[part])
                 ranks = rank_of_targets(scores, target_rows)
                 top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if n_items > k else np.tile(np.arange(n_items), (len(ranks), 1))
                 target_scores = scores[np.arange(len(target_rows)), target_rows]

@@ -165,3 +165,21 @@ def test_an_item_listed_twice_is_one_item_to_the_user(processor):
     assert all(len(set(r["because"]) & {"0", "0-again"}) <= 1 for r in rec["items"])
     catalogue.upsert("0-again", normalised(np.arange(1, DIM + 1, dtype=np.float32)))  # re-encoded: distinct now
     assert len(catalogue.duplicates[1]) == 0
+
+
+def test_a_tuned_models_repeats_are_found_by_their_text(processor):
+    """A tuned model gives each id its own residual: the two entries of one film differ in
+    vector, and the item text with the attributes is what shows they are one item."""
+    catalogue = processor.catalogue
+    text = "Sliding Doors (1998). Genres: Drama, Romance."
+    catalogue.upsert("sd-1", normalised(np.arange(1, DIM + 1, dtype=np.float32)), {"year": "1998"}, text)
+    catalogue.upsert("sd-2", normalised(np.arange(DIM, 0, -1, dtype=np.float32)), {"year": "1998"}, text)
+    catalogue.upsert("sd-3", normalised(np.ones(DIM, np.float32)), {"year": "1999"}, text)  # another year
+    canonical, repeats = catalogue.duplicates
+    assert repeats.tolist() == [catalogue.index["sd-2"]]
+    assert canonical[catalogue.index["sd-2"]] == catalogue.index["sd-1"]
+    # a row upserted without its text is compared by its vector, and never with a row that has one
+    catalogue.upsert("sd-1-vector", catalogue.matrix[catalogue.index["sd-1"]].copy(), {"year": "1998"})
+    assert catalogue.duplicates[1].tolist() == [catalogue.index["sd-2"]]
+    catalogue.upsert("sd-2", catalogue.matrix[catalogue.index["sd-2"]].copy(), {"year": "1998"}, text + " Re-cut.")
+    assert len(catalogue.duplicates[1]) == 0

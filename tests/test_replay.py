@@ -136,3 +136,17 @@ def test_observe_sees_every_evaluation_of_every_model_in_one_order(settings):
         # the reported ranks are recomputable from the observed scores
         assert [float(rank_of_targets(s[None, :], np.array([t]))[0]) for s, t in observed] == list(ranks)
     assert len(seen["valid", "recstream"]) == len(seen["test", "recstream"]) == 40
+
+
+def test_a_target_on_the_second_entry_of_a_listed_twice_item_is_a_hit_on_the_first(settings):
+    """The worker ranks one entry of an item the catalogue lists twice; a user who then
+    consumes it under the other id was recommended the right item."""
+    catalogue, events = clustered_world()
+    last = max((e for e in events if e.user_id == "u0"), key=lambda e: e.ts_ms)
+    text = "A film listed twice (1998)"
+    catalogue.upsert(last.item_id, catalogue.matrix[catalogue.index[last.item_id]].copy(), {}, text)
+    catalogue.upsert("again", -catalogue.matrix[catalogue.index[last.item_id]], {}, text)  # its own (tuned) vector
+    events = [Event(e.user_id, "again", e.ts_ms, e.kind, e.source, e.offset) if e is last else e for e in events]
+    result = run_replay(settings, events, catalogue, protocol="leave-last-out")
+    assert result["evaluated"] == 40
+    assert result["metrics"]["recstream"]["hr"] == 1.0  # u0's target included
