@@ -232,21 +232,24 @@ class Catalogue:
             n = len(m)
             canonical = np.arange(n)
             first_with: dict[tuple[str, str], int] = {}
+            untexted = []
             for row, key in enumerate(self._text_keys):
-                if key is not None:
+                if key is None:
+                    untexted.append(row)
+                else:
                     canonical[row] = first_with.setdefault(key, row)
-            if n > 1:  # candidates share their first columns' bytes; then compared whole
-                head = np.ascontiguousarray(m[:, : min(self.dim, 4)])
+            if len(untexted) > 1:  # candidates share their first columns' bytes; then compared whole
+                rows = np.asarray(untexted)
+                head = np.ascontiguousarray(m[rows, : min(self.dim, 4)])
                 keys = head.view(np.dtype((np.void, head.itemsize * head.shape[1]))).ravel()
                 _, label = np.unique(keys, return_inverse=True)
                 label = label.ravel()
-                shared = np.flatnonzero(np.bincount(label)[label] > 1)  # rows, ascending
+                shared = np.flatnonzero(np.bincount(label)[label] > 1)  # positions in rows, ascending
                 groups: dict[int, list[int]] = {}  # head label -> the distinct rows seen so far
                 bits = m.view(np.int32)  # bytes, not float equality (-0.0 == 0.0, NaN != NaN)
-                for row in shared.tolist():
-                    if self._text_keys[row] is not None:
-                        continue  # decided by its text
-                    originals = groups.setdefault(int(label[row]), [])
+                for at in shared.tolist():
+                    row = int(rows[at])
+                    originals = groups.setdefault(int(label[at]), [])
                     for earlier in originals:
                         if np.array_equal(bits[earlier], bits[row]) and self.attributes[row] == self.attributes[earlier]:
                             canonical[row] = earlier
