@@ -164,7 +164,7 @@ def run_demo(settings: Settings, *, limit: int | None, rate: float, source: Path
         producer.close()
         stop.set()
         consumer.join(timeout=5)
-        _summary(console, tracker, events, titles, time.perf_counter() - started, workdir)
+        _summary(console, tracker, events, titles, time.perf_counter() - started, workdir, rate)
     finally:
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
@@ -205,7 +205,18 @@ def _publish_live(console, producer, settings, events, tracker, rate, publish_ev
         progress.update(applied_task, completed=tracker.events_applied)
 
 
-def _summary(console: Console, tracker: _Tracker, events: list[dict], titles: dict[str, str], elapsed: float, workdir: Path) -> None:
+def pace_note(rate: float, throughput: float) -> str | None:
+    """A hint when the worker sustained clearly less than the publish rate: its latencies are
+    then mostly the queue that built up, not the pipeline's."""
+    if rate <= 0 or throughput >= 0.9 * rate:
+        return None
+    return (f"note: this machine's worker sustained {throughput:,.0f} of the {rate:,.0f} events/s published, so "
+            f"the latencies above are mostly queueing; `recstream demo --rate {int(throughput * 0.7 // 100 * 100) or 100}` "
+            "paces below what it keeps up with")
+
+
+def _summary(console: Console, tracker: _Tracker, events: list[dict], titles: dict[str, str], elapsed: float, workdir: Path,
+             rate: float = 0.0) -> None:
     users = sorted(tracker.samples, key=lambda u: -tracker.applied.get(u, 0))[:3]
     for user in users:
         rec = tracker.samples[user]
@@ -231,3 +242,5 @@ def _summary(console: Console, tracker: _Tracker, events: list[dict], titles: di
         table.add_row(name, value)
     console.print()
     console.print(table)
+    if (note := pace_note(rate, tracker.events_applied / span)) is not None:
+        console.print(note, markup=False)

@@ -61,3 +61,13 @@ def test_tune_with_a_split_before_all_events_is_one_clear_line(tmp_path):
     assert result.exit_code != 0
     assert "no events before --until" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "m").exists()
+
+
+def test_the_demo_says_when_the_worker_fell_behind_its_publish_rate():
+    from stream.demo import pace_note
+
+    assert pace_note(2000, 1995) is None and pace_note(2000, 1850) is None  # kept up
+    assert pace_note(0, 500) is None  # unpaced: nothing to fall behind
+    note = pace_note(2000, 1586)
+    assert "1,586 of the 2,000 events/s" in note and "--rate 1100" in note
+    assert "--rate 100`" in pace_note(2000, 90)
