@@ -6,11 +6,12 @@ is rebuilt lazily after upserts so ranking always sees one contiguous float32 ar
 
 from __future__ import annotations
 
-import json
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from stream.payloads import PayloadError, decode_object
 from stream.config import LimitSettings
@@ -156,8 +157,9 @@ class Catalogue:
         self.ids: list[str] = []
         self.index: dict[str, int] = {}
         self.attributes: list[dict[str, str | list[str]]] = []
-        #: Per row, the text the encoder saw and the attributes, frozen (None: text not given).
-        self._text_keys: list[tuple[str, str] | None] = []
+        #: Per row, a 128-bit digest of the text the encoder saw and the attributes (None: text
+        #: not given); a digest, not the text, so a large catalogue holds 16 bytes a row for it.
+        self._text_keys: list[bytes | None] = []
         #: +1 per upsert: lets callers cache what they derive from the rows.
         self.version = 0
         self._rows: list[np.ndarray] = []
@@ -191,7 +193,8 @@ class Catalogue:
         repeats whose vectors differ (a tuned model's per-item residuals)."""
         vector = np.asarray(vector, np.float32).reshape(self.dim)
         attributes = dict(attributes or {})
-        key = None if text is None else (text, json.dumps(attributes, sort_keys=True, ensure_ascii=False))
+        key = None if text is None else hashlib.blake2b(
+            orjson.dumps([text, attributes], option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
         row = self.index.get(item_id)
         if row is None:
             self.index[item_id] = len(self.ids)
@@ -231,7 +234,7 @@ class Catalogue:
             m = self.matrix
             n = len(m)
             canonical = np.arange(n)
-            first_with: dict[tuple[str, str], int] = {}
+            first_with: dict[bytes, int] = {}
             untexted = []
             for row, key in enumerate(self._text_keys):
                 if key is None:
