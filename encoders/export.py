@@ -17,6 +17,8 @@ import os
 import shutil
 from pathlib import Path
 
+from encoders.calibration import calibration_feeds
+from encoders.graph import fold_constant_concats, smooth_activations, unfuse_attention, unfuse_skip_layer_norm
 from encoders.manifest import EncoderError, Manifest, file_sha256, read_manifest, verify, write_manifest
 
 __all__ = ["default_model_dir", "ensure_exported", "export_onnx", "source_checksum"]
@@ -29,13 +31,39 @@ VARIANTS = ("fp32", "int8", "fp16")
 #: Export-time gate: minimum cosine to torch over a few probes that include the empty string
 #: (int8's worst case, ~0.98; real sentences stay >= 0.99); a broken graph scores far lower.
 PARITY_MIN_COSINE = {"fp32": 0.9999, "int8": 0.97, "fp16": 0.999}
-#: How a variant is made beyond the fp32 graph, recorded in the manifest's ``exporter``. A
-#: changed recipe gets a new cache directory suffix, so older exports are not reused.
-RECIPES = {"int8": {"quantization": "dynamic MatMul weights, int8 per channel, reduce_range, FFN down-projections fp32"}}
-_CACHE_SUFFIX = {"fp32": "fp32-fused", "int8": "int8-fused-rr"}
-#: Variants whose graph gets onnxruntime's fused kernels (Attention, SkipLayerNormalization,
-#: BiasGelu). Not fp16: its parity gate runs on CPU, where the fused Attention is fp32-only.
+#: How int8 is made beyond the fp32 graph, by the CPU's integer dot-product support (see
+#: ``int8_recipe``), recorded in the manifest's ``exporter``. A changed recipe gets a new cache
+#: directory suffix, so older exports are not reused.
+INT8_RECIPES = {
+    "smooth": "SmoothQuant alpha 0.7 (encoders.calibration), dynamic int8 on every MatMul, weights per channel, 8-bit",
+    "rr": "dynamic MatMul weights, int8 per channel, reduce_range, FFN down-projections and fused QKV fp32",
+}
+#: SmoothQuant's migration strength: on ml-100k texts 0.7 gave the best worst-case cosine (0.5-0.9 tried).
+SMOOTHING_ALPHA = 0.7
+_CACHE_SUFFIX = {"fp32": "fp32-fused-ln", "int8-smooth": "int8-smooth", "int8-rr": "int8-fused-rr-ln"}
+#: Variants whose graph gets onnxruntime's fused kernels (Attention, BiasGelu; SkipLayerNormalization
+#: is split again, see ``encoders.graph``). Not fp16: its parity gate runs on CPU, where the fused
+#: Attention is fp32-only.
 FUSED = ("fp32", "int8")
+#: CPU flags of an int8 dot product without saturation: x86 VNNI (AVX-512 or AVX) or AMX, Arm's dot product.
+INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
+
+
+def int8_recipe(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """``smooth`` where the CPU multiplies int8 pairs exactly (VNNI, AMX, Arm dot product):
+    every MatMul int8, 2.5-4x torch on a VNNI Xeon. Else ``rr``: without VNNI, x86 sums u8×s8
+    pairs into saturating int16, so 8-bit weights lose accuracy and int8 GEMMs gain only
+    1.5-2x over fp32; the cautious recipe measured on such a CPU (BENCHMARKS.md)."""
+    try:
+        flags = {flag for line in cpuinfo.read_text().splitlines() if line.split(":")[0].strip() in ("flags", "Features")
+                 for flag in line.split(":", 1)[1].split()}
+    except (OSError, IndexError):
+        return "rr"
+    return "smooth" if flags & INT8_DOT_FLAGS else "rr"
+
+
+def _cache_suffix(variant: str) -> str:
+    return _CACHE_SUFFIX.get(f"int8-{int8_recipe()}" if variant == "int8" else variant, variant)
 
 
 def default_model_dir() -> Path:
@@ -135,20 +163,11 @@ def export_onnx(model_dir: Path, out_dir: Path, variant: str = "fp32") -> Path:
                 opset_version=18, verbose=False,
             )
         fusions = _fuse_for_onnxruntime(fp32_path) if variant in FUSED else {}
+        recipe = None
         final = tmp / "model.onnx"
         if variant == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            # weights only, per channel: quantising activation×activation MatMuls (attention),
-            # the embedding Gather or the FFN down-projections costs more accuracy than it saves.
-            # reduce_range (7-bit weights): x86 CPUs without VNNI multiply u8×s8 pairs into
-            # saturating int16 sums; full-range weights saturate there (on ml-100k texts the
-            # 1st-percentile cosine to torch went 0.989 -> 0.994 with it, at the same speed)
-            # (the fused Attention nodes' QKV weights stay fp32: onnxruntime's quantiser leaves
-            # them, which also lifted every real sentence's cosine to torch above 0.99)
-            quantize_dynamic(str(fp32_path), str(final), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                             extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1},  # 1: FLOAT, for contrib ops
-                             per_channel=True, reduce_range=True, nodes_to_exclude=_down_projections(fp32_path))
+            recipe = int8_recipe()
+            _quantize_int8(fp32_path, final, recipe, calibration_feeds(tokenizer, inputs))
         elif variant == "fp16":
             import onnx
             from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -165,7 +184,8 @@ def export_onnx(model_dir: Path, out_dir: Path, variant: str = "fp32") -> Path:
             source=str(model_dir.resolve()), source_sha256=checksum, variant=variant,
             dim=int(model.config.hidden_size), max_length=max_length, inputs=inputs, onnx_sha256=file_sha256(final),
             pad_id=int(pad_id), source_stat=source_stat(model_dir),
-            exporter={**_versions(), **RECIPES.get(variant, {}), **({"fusions": json.dumps(fusions)} if fusions else {})},
+            exporter={**_versions(), **({"quantization": INT8_RECIPES[recipe]} if recipe else {}),
+                      **({"fusions": json.dumps(fusions)} if fusions else {})},
         )
         write_manifest(tmp, manifest)
         _check_parity(tmp, module, tokenizer, inputs, PARITY_MIN_COSINE[variant])
@@ -185,7 +205,10 @@ def export_onnx(model_dir: Path, out_dir: Path, variant: str = "fp32") -> Path:
 def _fuse_for_onnxruntime(path: Path) -> dict[str, int]:
     """Rewrite the dynamo graph in place with onnxscript's onnxruntime fusions; returns the
     fusions applied. onnxruntime's own transformer optimiser does not recognise dynamo
-    graphs' attention; unfused, each layer materialises its score tensors (BENCHMARKS.md)."""
+    graphs' attention; unfused, each layer materialises its score tensors (BENCHMARKS.md).
+    SkipLayerNormalization is split again: onnxruntime's CPU kernel for it is slow."""
+    import onnx
+
     try:
         import onnx_ir as ir
         from onnxscript.rewriter.ort_fusions import optimize_for_ort
@@ -194,7 +217,36 @@ def _fuse_for_onnxruntime(path: Path) -> dict[str, int]:
         return {}
     model, counts = optimize_for_ort(ir.load(str(path)))
     ir.save(model, str(path))
+    graph = onnx.load(str(path))
+    onnx.save(unfuse_skip_layer_norm(graph), str(path))
     return {name: n for name, n in counts.items() if n}
+
+
+def _quantize_int8(fp32_path: Path, out_path: Path, recipe: str, calibration: list[dict]) -> None:
+    """Dynamic int8 (weights per channel, activations per call) by ``recipe`` (``INT8_RECIPES``).
+
+    Weights only: activation×activation MatMuls (attention scores) and the embedding Gather
+    stay fp32. ``rr`` also keeps the FFN down-projections fp32 (int8 there moved the cosine to
+    torch from >= 0.99 to ~0.985 on a CPU without VNNI) and the fused Attention's QKV weights,
+    which onnxruntime's quantiser leaves."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source, excluded = str(fp32_path), []
+    if recipe == "smooth":
+        model = unfuse_attention(fold_constant_concats(onnx.load(source)))
+        model = smooth_activations(model, calibration, SMOOTHING_ALPHA)
+        source = str(fp32_path.with_name("model-smoothed.onnx"))
+        onnx.save(model, source)
+    else:
+        excluded = _down_projections(fp32_path)
+    try:
+        quantize_dynamic(source, str(out_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1},  # 1: FLOAT, for contrib ops
+                         per_channel=True, reduce_range=recipe == "rr", nodes_to_exclude=excluded)
+    finally:
+        if source != str(fp32_path):
+            Path(source).unlink(missing_ok=True)
 
 
 def _down_projections(path: Path) -> list[str]:
@@ -250,7 +302,7 @@ def ensure_exported(model_dir: Path | None, cache_dir: Path, variant: str = "fp3
         return source if verify(source).variant == variant else _wrong_variant(source, variant)
     models = Path(cache_dir) / "models"
     stat = source_stat(source)
-    suffix = _CACHE_SUFFIX.get(variant, variant)
+    suffix = _cache_suffix(variant)
     for manifest_path in sorted(models.glob(f"*-{suffix}/manifest.json")):
         try:
             if json.loads(manifest_path.read_text()).get("source_stat") == stat:

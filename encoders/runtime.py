@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+#: onnxruntime graph optimisers left off (see the session below)
+UNWANTED_FUSIONS = ["SkipLayerNormFusion"]
 
 
 class OnnxTextEncoder:
@@ -81,7 +83,10 @@ class OnnxTextEncoder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.log_severity_level = 3  # errors only; CUDA's "some nodes on CPU" notes are noise
-        self.session = ort.InferenceSession(str(self.export_dir / "model.onnx"), options, providers=wanted)
+        # onnxruntime's CPU SkipLayerNormalization kernel took 5x the time of Add + LayerNormalization
+        # (BENCHMARKS.md), so the exported graphs keep them apart and the fusion stays off here
+        self.session = ort.InferenceSession(str(self.export_dir / "model.onnx"), options, providers=wanted,
+                                            disabled_optimizers=UNWANTED_FUSIONS)
         on_cuda = CUDA in self.session.get_providers()
         if provider == "cuda" and not on_cuda:
             raise EncoderError("provider 'cuda' requested but the CUDA provider failed to load (check CUDA/cuDNN libraries)")

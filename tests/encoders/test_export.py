@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from encoders import EncoderError, OnnxTextEncoder, default_model_dir, ensure_exported, export_onnx
-from encoders.export import source_checksum
+from encoders.export import int8_recipe, source_checksum
 from encoders.manifest import FORMAT_VERSION, file_sha256
 
 from encoder_texts import SENTENCES
@@ -50,7 +50,8 @@ def test_graph_has_dynamic_axes_and_one_float_output(fp32_dir):
     for spec in inputs.values():
         assert all(isinstance(d, str) for d in spec.shape), spec.shape  # symbolic batch, sequence
     ops = {n.op_type for n in __import__("onnx").load(str(fp32_dir / "model.onnx")).graph.node}
-    assert {"Attention", "SkipLayerNormalization", "BiasGelu"} <= ops  # onnxruntime's fused kernels
+    assert {"Attention", "BiasGelu", "LayerNormalization"} <= ops  # onnxruntime's fused kernels where they pay
+    assert "SkipLayerNormalization" not in ops  # its CPU kernel is 5x slower than Add + LayerNormalization
     (out,) = session.get_outputs()
     assert out.name == "embeddings" and out.type == "tensor(float)"
     assert isinstance(out.shape[0], str) and out.shape[1] == 384
@@ -64,7 +65,7 @@ def test_manifest_records_the_export(fp32_dir):
     assert manifest["source_sha256"] == source_checksum(default_model_dir())
     assert manifest["tokenizer"] == "tokenizer.json" and (fp32_dir / "tokenizer.json").is_file()
     assert {"torch", "transformers", "onnxruntime"} <= set(manifest["exporter"])
-    assert fp32_dir.name.startswith("all-MiniLM-L6-v2-") and fp32_dir.name.endswith("-fp32-fused")
+    assert fp32_dir.name.startswith("all-MiniLM-L6-v2-") and fp32_dir.name.endswith("-fp32-fused-ln")
     assert json.loads(manifest["exporter"]["fusions"])["attention"] == 6  # one fused Attention per layer
 
 
@@ -127,3 +128,39 @@ def test_parity_over_the_ml100k_catalogue(cache_dir, fp32_dir, int8_dir):
     int8 = _cosines(OnnxTextEncoder(int8_dir, provider="cpu").encode(sample), want)
     assert fp32.min() >= 0.9999
     assert int8.min() >= 0.99 and int8.mean() >= 0.995, (int8.mean(), int8.min())
+
+
+def test_int8_recipe_follows_the_cpus_integer_dot_product(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert int8_recipe(cpuinfo) == "smooth"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")  # AMD Zen 1-3, Intel before Cascade Lake
+    assert int8_recipe(cpuinfo) == "rr"
+    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp\n")  # Arm with the dot product
+    assert int8_recipe(cpuinfo) == "smooth"
+    assert int8_recipe(tmp_path / "missing") == "rr"
+
+
+@pytest.mark.slow
+def test_the_other_int8_recipe_also_exports_and_agrees(tmp_path, reference, monkeypatch):
+    """Both recipes run here whatever this CPU is: the one it picks in the fixtures, the other one now."""
+    import onnx
+
+    import encoders.export as export
+
+    other = "rr" if int8_recipe() == "smooth" else "smooth"
+    monkeypatch.setattr(export, "int8_recipe", lambda: other)
+    directory = export_onnx(default_model_dir(), tmp_path / "int8", "int8")
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["exporter"]["quantization"] == export.INT8_RECIPES[other]
+    graph = onnx.load(str(directory / "model.onnx")).graph
+    constants = {i.name for i in graph.initializer}
+    fp32_matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in constants]
+    ops = {n.op_type for n in graph.node}
+    if other == "smooth":  # every weight MatMul int8, the QKV projection split out of Attention
+        assert not fp32_matmuls and "MultiHeadAttention" in ops and "Attention" not in ops
+    else:  # the six FFN down-projections stay fp32, QKV stays inside the fused Attention
+        assert len(fp32_matmuls) == 6 and "Attention" in ops
+    got = OnnxTextEncoder(directory, provider="cpu", max_length=256).encode(SENTENCES)
+    cosines = dict(zip(SENTENCES, _cosines(got, reference).round(5)))
+    assert cosines.pop("") >= 0.975 and min(cosines.values()) >= 0.99, cosines
