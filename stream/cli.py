@@ -143,8 +143,9 @@ def encoders_export(obj: _Obj, variant: str | None, out: Path | None) -> None:
     else:
         path = ensure_exported(enc.model, enc.cache_dir, enc.variant)
     manifest = verify(path)
+    recipe = manifest.exporter.get("quantization")
     click.echo(f"{path}: {manifest.variant}, dim {manifest.dim}, max length {manifest.max_length}, "
-               f"sha256 {manifest.onnx_sha256[:12]}")
+               f"sha256 {manifest.onnx_sha256[:12]}" + (f", {recipe}" if recipe else ""))
 
 
 @encoders.command("tune")

@@ -71,3 +71,12 @@ def test_the_demo_says_when_the_worker_fell_behind_its_publish_rate():
     note = pace_note(2000, 1586)
     assert "1,586 of the 2,000 events/s" in note and "--rate 1100" in note
     assert "--rate 100`" in pace_note(2000, 90)
+
+
+def test_export_names_the_int8_recipe_it_chose_for_this_cpu():
+    from encoders.export import INT8_RECIPES, int8_recipe
+
+    out = recstream("encoders", "export", "--variant", "int8")
+    assert out.returncode == 0, out.stderr
+    line = out.stdout.strip()
+    assert ": int8, dim 384, max length 512, sha256 " in line and line.endswith(f", {INT8_RECIPES[int8_recipe()]}"), line
