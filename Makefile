@@ -50,7 +50,8 @@ soak: $(STAMP)
 
 # SASRec (RecBole 1.2.1 defaults) on the replay's ml-100k split, in its own venv (hours on CPU:
 # compiled, 2-4 min an epoch on 2 cores). Run it again to go on exactly where it stopped
-# (var/sasrec/latest.pth); a run carried over from another machine starts from SASREC_STATE.
+# (var/sasrec/latest.pth); a run carried over from another machine starts from SASREC_STATE
+# (a copy of another machine's latest.pth; the 2026-12-02 run has stopped, BENCHMARKS.md).
 SASREC_VENV  ?= .cache/sasrec-venv
 SASREC_STATE ?= bench/sasrec-state.pth
 sasrec:
