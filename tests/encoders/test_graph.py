@@ -90,3 +90,18 @@ def test_skip_layer_norm_split_matches_the_fused_kernel():
     assert [n.op_type for n in split.graph.node] == ["Add", "Add", "LayerNormalization"]
     for got, expected in zip(_session(split).run(None, feed), want):
         np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_the_runtime_keeps_onnxruntime_from_fusing_skip_layer_norm_again(fp32_dir, tmp_path):
+    """Without ``UNWANTED_FUSIONS`` onnxruntime would rebuild the slow kernel at load."""
+    from encoders.runtime import UNWANTED_FUSIONS
+
+    def optimised_ops(disabled: list[str]) -> set[str]:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"optimised-{len(disabled)}.onnx")
+        ort.InferenceSession(str(fp32_dir / "model.onnx"), options, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=disabled)
+        return {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+
+    assert "SkipLayerNormalization" in optimised_ops([])
+    assert "SkipLayerNormalization" not in optimised_ops(UNWANTED_FUSIONS)
