@@ -33,7 +33,7 @@ VARIANTS = ("fp32", "int8", "fp16")
 PARITY_MIN_COSINE = {"fp32": 0.9999, "int8": 0.97, "fp16": 0.999}
 #: How int8 is made beyond the fp32 graph, by the CPU's integer dot-product support (see
 #: ``int8_recipe``), recorded in the manifest's ``exporter``. A changed recipe gets a new cache
-#: directory suffix, so older exports are not reused.
+#: directory suffix (``_cache_suffix``), so older exports are not reused.
 INT8_RECIPES = {
     "smooth": "SmoothQuant alpha 0.7 (encoders.calibration), dynamic int8 on every MatMul, weights per channel, 8-bit",
     "rr": "dynamic MatMul weights, int8 per channel, reduce_range, FFN down-projections and fused QKV fp32",
@@ -63,7 +63,16 @@ def int8_recipe(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 
 
 def _cache_suffix(variant: str) -> str:
-    return _CACHE_SUFFIX.get(f"int8-{int8_recipe()}" if variant == "int8" else variant, variant)
+    """The cache directory's suffix; ``smooth`` exports also name their calibration (texts and
+    alpha), so changing either re-exports instead of reusing the old scales."""
+    recipe = int8_recipe() if variant == "int8" else None
+    suffix = _CACHE_SUFFIX.get(f"int8-{recipe}" if recipe else variant, variant)
+    if recipe == "smooth":
+        from encoders.calibration import CALIBRATION_TEXTS
+
+        calibration = json.dumps([SMOOTHING_ALPHA, CALIBRATION_TEXTS], ensure_ascii=False).encode()
+        suffix += "-" + hashlib.sha256(calibration).hexdigest()[:8]
+    return suffix
 
 
 def default_model_dir() -> Path:

@@ -164,3 +164,15 @@ def test_the_other_int8_recipe_also_exports_and_agrees(tmp_path, reference, monk
     got = OnnxTextEncoder(directory, provider="cpu", max_length=256).encode(SENTENCES)
     cosines = dict(zip(SENTENCES, _cosines(got, reference).round(5)))
     assert cosines.pop("") >= 0.975 and min(cosines.values()) >= 0.99, cosines
+
+
+def test_a_changed_calibration_gets_its_own_cache_directory(monkeypatch):
+    import encoders.export as export
+
+    monkeypatch.setattr(export, "int8_recipe", lambda: "smooth")
+    before = export._cache_suffix("int8")
+    assert before.startswith("int8-smooth-")
+    monkeypatch.setattr(export, "SMOOTHING_ALPHA", 0.6)
+    assert export._cache_suffix("int8") not in (before, "int8-smooth")
+    monkeypatch.setattr(export, "int8_recipe", lambda: "rr")
+    assert export._cache_suffix("int8") == "int8-fused-rr-ln" and export._cache_suffix("fp32") == "fp32-fused-ln"
