@@ -15,9 +15,10 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-from encoders.calibration import calibration_feeds
+from encoders.calibration import CALIBRATION_TEXTS, calibration_feeds
 from encoders.graph import fold_constant_concats, smooth_activations, unfuse_attention, unfuse_skip_layer_norm
 from encoders.manifest import EncoderError, Manifest, file_sha256, read_manifest, verify, write_manifest
 
@@ -68,8 +69,6 @@ def _cache_suffix(variant: str) -> str:
     recipe = int8_recipe() if variant == "int8" else None
     suffix = _CACHE_SUFFIX.get(f"int8-{recipe}" if recipe else variant, variant)
     if recipe == "smooth":
-        from encoders.calibration import CALIBRATION_TEXTS
-
         calibration = json.dumps([SMOOTHING_ALPHA, CALIBRATION_TEXTS], ensure_ascii=False).encode()
         suffix += "-" + hashlib.sha256(calibration).hexdigest()[:8]
     return suffix
@@ -176,7 +175,7 @@ def export_onnx(model_dir: Path, out_dir: Path, variant: str = "fp32") -> Path:
         final = tmp / "model.onnx"
         if variant == "int8":
             recipe = int8_recipe()
-            _quantize_int8(fp32_path, final, recipe, calibration_feeds(tokenizer, inputs))
+            _quantize_int8(fp32_path, final, recipe, lambda: calibration_feeds(tokenizer, inputs))
         elif variant == "fp16":
             import onnx
             from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -225,14 +224,13 @@ def _fuse_for_onnxruntime(path: Path) -> dict[str, int]:
         log.warning("graph left unfused (onnxscript>=0.5 has the onnxruntime fusions): %s", exc)
         return {}
     model, counts = optimize_for_ort(ir.load(str(path)))
-    ir.save(model, str(path))
-    graph = onnx.load(str(path))
-    onnx.save(unfuse_skip_layer_norm(graph), str(path))
+    onnx.save(unfuse_skip_layer_norm(ir.to_proto(model)), str(path))
     return {name: n for name, n in counts.items() if n}
 
 
-def _quantize_int8(fp32_path: Path, out_path: Path, recipe: str, calibration: list[dict]) -> None:
-    """Dynamic int8 (weights per channel, activations per call) by ``recipe`` (``INT8_RECIPES``).
+def _quantize_int8(fp32_path: Path, out_path: Path, recipe: str, calibration: Callable[[], list[dict]]) -> None:
+    """Dynamic int8 (weights per channel, activations per call) by ``recipe`` (``INT8_RECIPES``);
+    ``calibration`` gives the feeds that ``smooth`` sets its scales from.
 
     Weights only: activation×activation MatMuls (attention scores) and the embedding Gather
     stay fp32. ``rr`` also keeps the FFN down-projections fp32 (int8 there moved the cosine to
@@ -244,7 +242,7 @@ def _quantize_int8(fp32_path: Path, out_path: Path, recipe: str, calibration: li
     source, excluded = str(fp32_path), []
     if recipe == "smooth":
         model = unfuse_attention(fold_constant_concats(onnx.load(source)))
-        model = smooth_activations(model, calibration, SMOOTHING_ALPHA)
+        model = smooth_activations(model, calibration(), SMOOTHING_ALPHA)
         source = str(fp32_path.with_name("model-smoothed.onnx"))
         onnx.save(model, source)
     else:

@@ -76,7 +76,7 @@ def unfuse_attention(model):
     q/k/v sizes, no mask index, no past state, not unidirectional."""
     from onnx import helper, numpy_helper
 
-    initializers = {i.name for i in model.graph.initializer}
+    initializers = {i.name: i for i in model.graph.initializer}
     nodes = []
     for node in model.graph.node:
         attrs = _attributes(node)
@@ -87,7 +87,7 @@ def unfuse_attention(model):
             nodes.append(node)
             continue
         name = node.name or node.output[0]
-        width = next(i for i in model.graph.initializer if i.name == weight).dims[1] // 3
+        width = initializers[weight].dims[1] // 3
         sizes = f"{name}/qkv_sizes"
         model.graph.initializer.append(numpy_helper.from_array(np.array([width] * 3, np.int64), sizes))
         q, k, v = (f"{name}/{part}" for part in "qkv")
