@@ -44,9 +44,10 @@ class OnnxTextEncoder:
     :param batch_size: texts per onnxruntime call.
     :param threads: onnxruntime intra-op threads (default: every CPU the OS reports).
     :param max_batch_tokens: cap on padded tokens (rows × longest) per onnxruntime call; a
-        call holds at least one text. Default: 1024 on CPU (one call of 256 short ml-100k
-        texts padded to its longest cost twice the CPU time per text; 1024 brought it level
-        with batches of 32, see BENCHMARKS.md); 262144 on CUDA, where big calls pay off.
+        call holds at least one text. Default: 512 on CPU (one call of 256 short ml-100k
+        texts padded to its longest cost twice the CPU time per text of calls of 32, and a
+        call of 32 short texts cut in two ran 1.25× faster: less padding, and the activations
+        stay in the core's cache; see BENCHMARKS.md); 262144 on CUDA, where big calls pay off.
 
     ``encode`` is safe to call from several threads (onnxruntime sessions and tokenizers
     are). ``model_id`` is the checksum of ``model.onnx``: equal ids give equal vectors for
@@ -100,7 +101,7 @@ class OnnxTextEncoder:
         #: the output is allocated there by onnxruntime and copied back once
         self.io_binding: bool = on_cuda
         self._device = "cuda" if on_cuda else "cpu"
-        self.max_batch_tokens = int(max_batch_tokens or (262_144 if on_cuda else 1024))
+        self.max_batch_tokens = int(max_batch_tokens or (262_144 if on_cuda else 512))
         self._inputs = {i.name for i in self.session.get_inputs()}
 
         self.tokenizer = Tokenizer.from_file(str(self.export_dir / self.manifest.tokenizer))

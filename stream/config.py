@@ -149,7 +149,7 @@ class EncoderSettings(_Section):
     #: onnxruntime intra-op threads; None: every CPU the OS reports (set it below the
     #: container's CPU limit, or when several workers share a machine).
     threads: int | None = Field(None, ge=1, le=1024)
-    #: Padded tokens (rows × longest text) per onnxruntime call; None: 1024 on CPU, 262,144 on CUDA.
+    #: Padded tokens (rows × longest text) per onnxruntime call; None: 512 on CPU, 262,144 on CUDA.
     max_batch_tokens: int | None = Field(None, ge=8)
     cache_dir: Path = Field(default_factory=default_cache_dir)
 

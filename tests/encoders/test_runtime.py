@@ -110,7 +110,7 @@ def test_load_encoder_from_settings(cache_dir, fp32_dir, encoder):
     loaded = load_encoder(EncoderSettings(cache_dir=cache_dir, provider="cpu", max_length=64, batch_size=8))
     assert loaded.export_dir == fp32_dir and loaded.model_id == encoder.model_id
     assert loaded.max_length == 64 and loaded.batch_size == 8 and loaded.dim == 384
-    assert loaded.max_batch_tokens == 1024  # the CPU default
+    assert loaded.max_batch_tokens == 512  # the CPU default
     tuned = load_encoder(EncoderSettings(cache_dir=cache_dir, provider="cpu", threads=1, max_batch_tokens=256))
     assert tuned.max_batch_tokens == 256
     assert tuned.session.get_session_options().intra_op_num_threads == 1
