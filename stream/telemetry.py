@@ -10,6 +10,7 @@ lag) are computed at scrape time by callables the worker passes in.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -73,6 +74,7 @@ _GAUGE_HELP = {
     "catalogue_items": "Items in the in-memory catalogue.",
     "catalogue_ready": "1 once the items topic has been read to its end at start-up.",
     "last_flush_age_seconds": "Seconds since the last committed flush (-1: none yet).",
+    "gc_frozen_objects": "Objects Python's garbage collector no longer scans (frozen once the catalogue is ready).",
 }
 
 
@@ -97,6 +99,10 @@ class WorkerMetrics:
                                        buckets=_SIZE_BUCKETS, registry=r)
         self.commit_seconds = Histogram("recstream_lmdb_commit_seconds", "LMDB write-transaction commit time "
                                         "(fsync included).", buckets=_LATENCY_BUCKETS, registry=r)
+        self.gc_seconds = Histogram("recstream_gc_pause_seconds", "Python garbage-collection pauses (every thread "
+                                    "waits), by generation; after watch_gc().", ["generation"],
+                                    buckets=_LATENCY_BUCKETS, registry=r)
+        self._gc_started: float | None = None
         self.event_seconds = Histogram(
             "recstream_event_to_recommendation_seconds", "Per event: from its Kafka record timestamp (the "
             "producer's clock, or the broker's with LogAppendTime) to the send of the recommendation that "
@@ -109,7 +115,25 @@ class WorkerMetrics:
 
     def _all_gauges(self) -> dict[str, float]:
         age = self.last_flush_age_s()
-        return {**self._gauges(), "last_flush_age_seconds": -1.0 if age is None else age}
+        return {**self._gauges(), "last_flush_age_seconds": -1.0 if age is None else age,
+                "gc_frozen_objects": gc.get_freeze_count()}
+
+    def watch_gc(self) -> None:
+        """Time every garbage collection from now on (``recstream_gc_pause_seconds``); a
+        full collection stops every thread, so its pauses show up in latency tails."""
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def unwatch_gc(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started is not None:
+            self.gc_seconds.labels(str(info["generation"])).observe(time.perf_counter() - self._gc_started)
+            self._gc_started = None
 
     def last_flush_age_s(self) -> float | None:
         """Seconds since the last committed flush, None before the first."""

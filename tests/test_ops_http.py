@@ -109,6 +109,7 @@ def test_http_api_metrics_health_and_graceful_shutdown(own_broker, ml100k_dir, t
         assert health["last_flush_age_s"] is None
         before = scrape(base)
         assert before[("recstream_catalogue_ready", ())] == 1
+        assert before[("recstream_gc_frozen_objects", ())] > 10_000  # start-up's objects, frozen once ready
 
         # u1: two events of each kind on known items, one on a new text (encoded now), one malformed record
         kinds = ["view", "view", "click", "click", "purchase", "purchase"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
 from collections import Counter
@@ -50,6 +51,25 @@ def test_stats_become_labelled_counters_and_hooks_fill_histograms():
     assert m[("recstream_pending_events", ())] == 7
     assert m[("recstream_consumer_lag", (("partition", "0"), ("topic", "t.views")))] == 5
     assert 0 <= m[("recstream_last_flush_age_seconds", ())] < 5
+
+
+def test_gc_pauses_are_timed_by_generation_once_watched():
+    metrics = WorkerMetrics(Counter())
+    gc.collect()  # not watched yet
+    assert ("recstream_gc_pause_seconds_count", (("generation", "2"),)) not in samples(metrics)
+    metrics.watch_gc()
+    metrics.watch_gc()  # idempotent: one callback
+    try:
+        gc.collect()
+        gc.collect(0)
+    finally:
+        metrics.unwatch_gc()
+    gc.collect()
+    m = samples(metrics)
+    assert m[("recstream_gc_pause_seconds_count", (("generation", "2"),))] == 1
+    assert m[("recstream_gc_pause_seconds_count", (("generation", "0"),))] >= 1
+    assert m[("recstream_gc_pause_seconds_sum", (("generation", "2"),))] > 0
+    assert m[("recstream_gc_frozen_objects", ())] == gc.get_freeze_count()
 
 
 def test_each_worker_has_its_own_registry():
