@@ -101,3 +101,26 @@ def test_json_logs_are_one_object_per_line_with_extras_and_tracebacks():
     assert lines[0]["message"] == "flushed 3 users" and lines[0]["partition"] == 2 and lines[0]["level"] == "info"
     assert lines[0]["logger"] == "recstream.test" and lines[0]["ts"].endswith("+00:00")
     assert "ValueError: boom" in lines[1]["exc_info"]
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_worker_exports():
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "dashboards" / "recstream.json"
+    exprs = [t["expr"] for p in json.loads(dashboard.read_text())["panels"] for t in p.get("targets", [])]
+    queried = {name for e in exprs for name in re.findall(r"\brecstream_\w+", e)}
+    from stream.app import WorkerContext
+    from stream.config import load_settings
+
+    context = WorkerContext(load_settings())  # the worker's own metrics and gauges, not opened
+    context.executor.shutdown()
+    context.stats.update({"consumed.view": 1, "dlq.malformed_JSON": 1})
+    metrics = context.metrics
+    metrics.lag = lambda: [("t.views", 0, 1)]
+    metrics.observe_flush(0.01, 1, 1)
+    metrics.gc_seconds.labels("2").observe(0.001)
+    exported = {name for name, _ in samples(metrics)}
+    assert len(queried) >= 10
+    assert queried <= exported, sorted(queried - exported)
