@@ -22,7 +22,7 @@ from encoders.calibration import CALIBRATION_TEXTS, calibration_feeds
 from encoders.graph import fold_constant_concats, smooth_activations, unfuse_attention, unfuse_skip_layer_norm
 from encoders.manifest import EncoderError, Manifest, file_sha256, read_manifest, verify, write_manifest
 
-__all__ = ["default_model_dir", "ensure_exported", "export_onnx", "source_checksum"]
+__all__ = ["default_model_dir", "ensure_exported", "export_onnx", "source_checksum", "stale_exports"]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,10 @@ def int8_recipe(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 def _cache_suffix(variant: str) -> str:
     """The cache directory's suffix; ``smooth`` exports also name their calibration (texts and
     alpha), so changing either re-exports instead of reusing the old scales."""
-    recipe = int8_recipe() if variant == "int8" else None
+    return _cache_suffix_for(variant, int8_recipe() if variant == "int8" else None)
+
+
+def _cache_suffix_for(variant: str, recipe: str | None = None) -> str:
     suffix = _CACHE_SUFFIX.get(f"int8-{recipe}" if recipe else variant, variant)
     if recipe == "smooth":
         calibration = json.dumps([SMOOTHING_ALPHA, CALIBRATION_TEXTS], ensure_ascii=False).encode()
@@ -327,6 +330,30 @@ def ensure_exported(model_dir: Path | None, cache_dir: Path, variant: str = "fp3
         except EncoderError as exc:
             log.warning("re-exporting: %s", exc)
     return export_onnx(source, out, variant)
+
+
+def stale_exports(cache_dir: Path) -> list[Path]:
+    """Exports in ``cache_dir`` this code no longer reuses: their directory suffix is none of
+    the current ones (an older graph recipe or calibration), so :func:`ensure_exported` would
+    export afresh. The int8 suffixes of both recipes count as current (a cache may be shared
+    by CPUs of both kinds). Left-over temporary directories of interrupted exports too; any
+    other directory (no manifest) is not an export and is left alone."""
+    smooth = _cache_suffix_for("int8", "smooth")
+    current = {_cache_suffix_for("fp32"), _cache_suffix_for("fp16"), _cache_suffix_for("int8", "rr"), smooth}
+    models = Path(cache_dir) / "models"
+    if not models.is_dir():
+        return []
+    stale = []
+    for path in sorted(models.iterdir()):
+        interrupted = path.name.startswith(".") and ".tmp-" in path.name and not _pid_alive(path.name.rsplit("-", 1)[-1])
+        superseded = (path / "manifest.json").is_file() and not any(path.name.endswith(f"-{c}") for c in current)
+        if path.is_dir() and (interrupted or superseded):
+            stale.append(path)
+    return stale
+
+
+def _pid_alive(pid: str) -> bool:
+    return pid.isdigit() and Path(f"/proc/{pid}").exists()
 
 
 def _wrong_variant(directory: Path, variant: str) -> Path:

@@ -148,6 +148,27 @@ def encoders_export(obj: _Obj, variant: str | None, out: Path | None) -> None:
                f"sha256 {manifest.onnx_sha256[:12]}" + (f", {recipe}" if recipe else ""))
 
 
+@encoders.command("prune")
+@click.option("--dry-run", is_flag=True, help="List what would be removed, remove nothing.")
+@click.pass_obj
+def encoders_prune(obj: _Obj, dry_run: bool) -> None:
+    """Remove cached exports this version no longer uses (older graph recipes), and the
+    leftovers of interrupted exports, from encoder.cache_dir."""
+    import shutil
+
+    from encoders.export import stale_exports
+
+    cache_dir = obj.settings().encoder.cache_dir
+    total = 0
+    for path in stale_exports(cache_dir):
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        total += size
+        if not dry_run:
+            shutil.rmtree(path)
+        click.echo(f"{'would remove' if dry_run else 'removed'} {path} ({size / 1e6:.0f} MB)")
+    click.echo(f"{total / 1e6:.0f} MB {'to free' if dry_run else 'freed'} in {cache_dir / 'models'}")
+
+
 @encoders.command("tune")
 @click.option("--dataset", type=click.Choice(["ml-100k"]), help="Tune on a bundled dataset.")
 @click.option("--events", "events_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSONL/CSV event file.")

@@ -80,3 +80,40 @@ def test_export_names_the_int8_recipe_it_chose_for_this_cpu():
     assert out.returncode == 0, out.stderr
     line = out.stdout.strip()
     assert ": int8, dim 384, max length 512, sha256 " in line and line.endswith(f", {INT8_RECIPES[int8_recipe()]}"), line
+
+
+def test_prune_removes_superseded_exports_and_interrupted_ones_only(tmp_path):
+    import os
+
+    from click.testing import CliRunner
+
+    from encoders.export import _cache_suffix
+    from stream.cli import cli
+
+    models = tmp_path / "models"
+    names = {
+        "current": f"m-0123456789ab-{_cache_suffix('fp32')}",
+        "current_int8": f"m-0123456789ab-{_cache_suffix('int8')}",
+        "old_fp32": "m-0123456789ab-fp32-fused",
+        "old_int8": "m-0123456789ab-int8-fused-rr",
+        "interrupted": ".m-0123456789ab-fp32-fused-ln.tmp-999999999",  # no such process
+        "in_progress": f".m-0123456789ab-fp32-fused-ln.tmp-{os.getpid()}",  # this one is alive
+        "not_an_export": "notes",
+    }
+    for key, name in names.items():
+        (models / name).mkdir(parents=True)
+        if not key.startswith(("interrupted", "in_progress", "not_an")):
+            (models / name / "manifest.json").write_text("{}")
+        (models / name / "model.onnx").write_bytes(b"x" * 2_000_000)
+    env = {"RECSTREAM_ENCODER__CACHE_DIR": str(tmp_path)}
+
+    dry = CliRunner().invoke(cli, ["encoders", "prune", "--dry-run"], env=env)
+    assert dry.exit_code == 0, dry.output
+    assert sorted(p.name for p in models.iterdir()) == sorted(names.values())  # nothing removed
+    assert "6 MB to free" in dry.output and dry.output.count("would remove") == 3
+
+    result = CliRunner().invoke(cli, ["encoders", "prune"], env=env)
+    assert result.exit_code == 0, result.output
+    kept = {names[k] for k in ("current", "current_int8", "in_progress", "not_an_export")}
+    assert {p.name for p in models.iterdir()} == kept
+    assert "6 MB freed" in result.output
