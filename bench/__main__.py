@@ -1,7 +1,8 @@
 """Run benchmarks and print one JSON line per benchmark: ``python -m bench [NAME ...]``
 (names: scoring, store, encoders, flush, e2e, e2e-large, soak; default: all; ``latency``
-runs only e2e's 50%-load phase, at ``--rate``, and ``broker`` the embedded broker's own cost
-as it fills; neither is part of the default)."""
+runs only e2e's 50%-load phase, at ``--rate``, ``broker`` the embedded broker's own cost
+as it fills, and ``int8-parity`` int8's backtest against fp32's over several call sizes;
+none of these three is part of the default)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import sys
 
 from pathlib import Path
 
-from bench import broker, e2e, encoders, flush, scoring, soak, store
+from bench import broker, e2e, encoders, flush, int8_parity, scoring, soak, store
 
 ON_REQUEST = {
     "latency": lambda a: e2e.run_latency(a.rate, a.latency_seconds),
     "broker": lambda a: broker.run(seconds=a.broker_seconds, size=a.broker_record_bytes, linger_ms=a.broker_linger_ms,
                                   consume=not a.broker_no_consumer),
+    "int8-parity": lambda a: int8_parity.run(caps=tuple(a.caps)),
 }
 BENCHMARKS = {
     "scoring": lambda a: scoring.run(),
@@ -48,6 +50,8 @@ def main() -> None:
     parser.add_argument("--soak-users", type=int, default=10_000,
                         help="soak: user population (fewer users fill their bounded histories sooner, and the heap then stays flat)")
     parser.add_argument("--soak-rate", type=float, default=300.0, help="soak: events/s published (below the worker's sustained rate, else the backlog grows)")
+    parser.add_argument("--caps", type=int, nargs="+", default=list(int8_parity.DEFAULT_CAPS),
+                        help="int8-parity: the encoder.max_batch_tokens values to replay with")
     args = parser.parse_args()
     names = args.names or list(BENCHMARKS)
     known = {**BENCHMARKS, **ON_REQUEST}
