@@ -1,6 +1,6 @@
 """End to end: events through the embedded broker and one worker, next to the Faust floor.
 
-One run, three phases (the first two on one broker):
+One run, four phases (the first three on one broker):
 
 1. **floor**: ``events`` synthetic events (``users`` users over the ml-100k catalogue) are
    published first; a bare Faust agent (:mod:`bench.floor`) decodes them: events/s.
@@ -8,7 +8,10 @@ One run, three phases (the first two on one broker):
    same records under its own group: sustained events/s from its first consumed record to
    the last applied one (its ``/metrics``, polled every 0.2 s: both ends err against us),
    the ratio to the floor, and the worker's peak RSS.
-3. **latency**: a fresh worker with a latency-oriented flush (:data:`LATENCY_FLUSH`), on a
+3. **I/O floor**: the bare agent again, now also producing the worker's Kafka output per
+   batch (a recommendation and a changelog record per user; ``bench.floor`` mode ``io``):
+   what Faust and Kafka alone cost for the worker's data flow, and the worker's ratio to it.
+4. **latency**: a fresh worker with a latency-oriented flush (:data:`LATENCY_FLUSH`), on a
    fresh broker (the embedded broker slows down as it fills), is fed
    live at ``load`` × the throughput of phase 2, events stamped at their produce time:
    p50/p95/p99 from handing an event to the producer to the arrival of the first
@@ -204,18 +207,18 @@ def _prepare(settings: Settings, items: list[dict], events: list[dict]) -> float
     return time.perf_counter() - started
 
 
-def _floor(settings: Settings, workdir: Path, events: int, timeout_s: float) -> tuple[float, float]:
-    """(events/s, CPU seconds per event) of the bare agent."""
-    out = workdir / "floor.json"
+def _floor(settings: Settings, workdir: Path, events: int, timeout_s: float, mode: str = "decode") -> tuple[float, float]:
+    """(events/s, CPU seconds per event) of the bare agent in ``mode`` (:data:`bench.floor.MODES`)."""
+    out = workdir / f"floor-{mode}.json"
     env = {**os.environ, "RECSTREAM_BROKER__URL": settings.broker.url, "RECSTREAM_TOPICS__PREFIX": settings.topics.prefix}
-    with open(workdir / "floor.log", "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "bench.floor", str(out), str(events)], env=env,
+    with open(workdir / f"floor-{mode}.log", "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.floor", str(out), str(events), mode], env=env,
                                 stdout=log_file, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout_s
         while not out.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"floor agent did not finish; see {workdir / 'floor.log'}")
+                raise RuntimeError(f"floor agent did not finish; see {workdir / f'floor-{mode}.log'}")
             time.sleep(0.2)
         time.sleep(0.1)
         result = orjson.loads(out.read_bytes())
@@ -335,6 +338,7 @@ def run(events: int = 200_000, users: int = 10_000, load: float = 0.5, latency_s
         floor, floor_cpu = _floor(tp, workdir, events, timeout)
         (workdir / "tp").mkdir()
         ours = _throughput(tp, workdir / "tp", events, timeout, profile)
+        floor_io, floor_io_cpu = _floor(tp, workdir, events, timeout, "io")
     latency = None  # --latency-seconds 0: throughput only
     if latency_seconds > 0:
         # A fresh broker: Tansu's memory storage costs more CPU per fetch the more it holds
@@ -346,6 +350,9 @@ def run(events: int = 200_000, users: int = 10_000, load: float = 0.5, latency_s
         "benchmark": "e2e" if catalogue == "ml-100k" else "e2e-large", "catalogue": catalogue, "events": events, "users": users, "items": len(ids), "publish_events_per_s": round(events / publish_s),
         "floor_events_per_s": round(floor), "events_per_s": round(ours["events_per_s"]),
         "ratio_to_floor": round(ours["events_per_s"] / floor, 3),
+        # the floor that also does the worker's Kafka output (bench.floor, mode io)
+        "floor_io_events_per_s": round(floor_io), "ratio_to_floor_io": round(ours["events_per_s"] / floor_io, 3),
+        "floor_io_cpu_us_per_event": round(floor_io_cpu * 1e6),
         # CPU per event is what other load on a shared machine distorts least
         "floor_cpu_us_per_event": round(floor_cpu * 1e6), "cpu_us_per_event": round(ours["cpu_per_event"] * 1e6), "elapsed_s": round(ours["elapsed_s"], 1),
         "worker_peak_rss_mb": round(ours["memory"]["VmHWM"] / 2**20), "flushes": ours["flushes"],
