@@ -62,9 +62,12 @@ class WorkerContext:
         self.ready = asyncio.Event()
         self.flush_lock = asyncio.Lock()
         self.buffer: WindowBuffer[Any] = WindowBuffer(
-            int(settings.windows.size_s * 1000), settings.windows.max_events, settings.windows.max_pending
+            int(settings.windows.size_s * 1000), settings.windows.max_events, settings.windows.max_pending,
+            settings.windows.catchup_pending,
         )
         self.last_input = time.monotonic()
+        #: the input holds a backlog (see WindowSettings.catchup_pending)
+        self.catching_up = False
         self.stats: Counter[str] = Counter()
         self.store: LmdbStore | None = None
         self.encoder: Any = None
@@ -332,6 +335,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
                  "profile erased" if erased else "nothing was stored", ", ".join(topics) or "no topic")
 
     control_topic = s.topics.control  # a computed property: read once, not per record
+    catchup = s.windows.catchup_pending > s.windows.max_pending
 
     @app.agent(inputs)
     async def events(stream: faust.StreamT) -> None:
@@ -361,7 +365,15 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
                 if pseudonyms.enabled:
                     event = dataclasses.replace(event, user_id=pseudonyms.store_id(event.user_id))
                 ctx.buffer.add(event, fevent)
-            await flush(ctx.buffer.drain() if ctx.stopping or ctx.revoking else ctx.buffer.pop_ready())
+            if ctx.stopping or ctx.revoking:
+                await flush(ctx.buffer.drain())
+            else:
+                unread = _unread(app.consumer, batch) if catchup else 0
+                if (unread >= s.windows.max_pending) != ctx.catching_up:
+                    ctx.catching_up = not ctx.catching_up
+                    log.info("catching up: %d input records unread, windows stay open up to %d events" % (unread, s.windows.catchup_pending)
+                             if ctx.catching_up else "caught up: windows close on time again")
+                await flush(ctx.buffer.pop_ready(catching_up=ctx.catching_up))
 
     @app.timer(interval=max(0.05, s.windows.idle_flush_s / 4))
     async def idle_flush() -> None:
@@ -420,6 +432,26 @@ async def _caught_up(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> b
         if highwater is None or await consumer.position(tp) < highwater:
             return False
     return True
+
+
+def _unread(consumer: Any, batch: list[Any]) -> int:
+    """Records the partitions of ``batch`` hold past it: the high-water mark of each one's
+    last fetch minus the offset after its last record in the batch (partitions not yet
+    fetched count 0). A few thousand mean the worker is behind its input."""
+    last: dict[Any, int] = {}
+    for fevent in batch:
+        m = fevent.message
+        if m.offset > last.get(m.tp, -1):
+            last[m.tp] = m.offset
+    unread = 0
+    for tp, offset in last.items():
+        try:
+            highwater = consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - revoked meanwhile: nothing unread of ours
+            highwater = None
+        if highwater is not None:
+            unread += max(0, highwater - offset - 1)
+    return unread
 
 
 def _raw_of(windows: list[UserWindow[Any]], event: Any) -> bytes | None:

@@ -181,11 +181,16 @@ class WindowSettings(_Section):
     any arrival order, so late events are applied by default; set ``allowed_lateness_s`` to
     send events older than the user's newest applied event by more than that to the DLQ.
     ``batch_timeout_s`` bounds how long the worker waits to fill a batch (latency).
+    While the input partitions hold at least ``max_pending`` records the worker has not
+    taken yet (a backlog: a restart, an outage, a replay), windows stay open up to
+    ``catchup_pending`` buffered events: each user gets one update and one recommendation
+    for its events in that slice instead of one per window (0: off). Live traffic is unaffected.
     """
 
     size_s: float = Field(1.0, gt=0)
     max_events: int = Field(100, ge=1)
     max_pending: int = Field(5000, ge=1)
+    catchup_pending: int = Field(20_000, ge=0)
     idle_flush_s: float = Field(1.0, gt=0)
     allowed_lateness_s: float | None = Field(None, ge=0)
     batch_timeout_s: float = Field(0.05, gt=0)

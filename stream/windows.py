@@ -35,15 +35,20 @@ class WindowBuffer(Generic[H]):
     A user's oldest window ``[start, start + size)`` closes once the watermark (the newest
     event time seen by this buffer) reaches ``start + size``; a user also flushes at
     ``max_events`` pending events, and everything flushes at ``max_pending`` buffered
-    events or on :meth:`drain` (idle timeout, shutdown). Not thread-safe: one event loop.
+    events or on :meth:`drain` (idle timeout, shutdown). While the caller is catching up
+    on a backlog, windows stay open up to ``catchup_pending`` buffered events instead
+    (:meth:`pop_ready`). Not thread-safe: one event loop.
     """
 
-    def __init__(self, size_ms: int, max_events: int, max_pending: int) -> None:
+    def __init__(self, size_ms: int, max_events: int, max_pending: int, catchup_pending: int = 0) -> None:
         if size_ms <= 0 or max_events <= 0 or max_pending <= 0:
             raise ValueError("window size, max_events and max_pending must be positive")
+        if catchup_pending < 0:
+            raise ValueError("catchup_pending must be >= 0 (0: off)")
         self.size_ms = size_ms
         self.max_events = max_events
         self.max_pending = max_pending
+        self.catchup_pending = catchup_pending
         self.watermark_ms = 0
         self._users: dict[str, UserWindow[H]] = {}
         self._full: set[str] = set()
@@ -72,10 +77,19 @@ class WindowBuffer(Generic[H]):
         if event.ts_ms > self.watermark_ms:
             self.watermark_ms = event.ts_ms
 
-    def pop_ready(self) -> list[UserWindow[H]]:
-        """Remove and return the users whose window closed or who hit a count limit."""
-        if self._pending >= self.max_pending:
+    def pop_ready(self, catching_up: bool = False) -> list[UserWindow[H]]:
+        """Remove and return the users whose window closed or who hit a count limit.
+
+        ``catching_up`` (the input holds a backlog): closed windows stay open and only users
+        at ``max_events`` flush, until ``catchup_pending`` events are buffered; then all
+        flush. A user with several events in that slice of the backlog then costs one
+        update and one recommendation, not one per window, and the one it gets is as fresh.
+        """
+        catchup = catching_up and self.catchup_pending > self.max_pending
+        if self._pending >= (self.catchup_pending if catchup else self.max_pending):
             return self.drain()
+        if catchup:
+            return [self._pop(user) for user in list(self._full)]
         ready = [
             user
             for user, window in self._users.items()

@@ -45,3 +45,30 @@ def test_drain_returns_everything():
     buf.add(ev("a", 1), 1)
     buf.add(ev("b", 2), 2)
     assert sorted(w.user_id for w in buf.drain()) == ["a", "b"] and buf.pending == 0
+
+
+def test_catching_up_keeps_closed_windows_open_until_catchup_pending():
+    buf = WindowBuffer(size_ms=1000, max_events=3, max_pending=4, catchup_pending=8)
+    for i, user in enumerate(["a", "b", "a", "c"]):
+        buf.add(ev(user, 1000 * i), i)  # each event closes the window before it
+    assert buf.pop_ready(catching_up=True) == []  # 4 pending: past max_pending, not catchup_pending
+    buf.add(ev("a", 5000), 4)  # a's third event: max_events still flushes that one user
+    assert [(w.user_id, len(w.events)) for w in buf.pop_ready(catching_up=True)] == [("a", 3)]
+    for i in range(6):
+        buf.add(ev("b", 6000 + 1000 * i), 10 + i)
+    assert buf.pending == 8
+    ready = buf.pop_ready(catching_up=True)  # catchup_pending reached: everything flushes
+    assert sorted((w.user_id, len(w.events)) for w in ready) == [("b", 7), ("c", 1)]
+    assert buf.pending == 0
+
+
+def test_caught_up_windows_close_on_time_again_and_catchup_can_be_off():
+    buf = WindowBuffer(size_ms=1000, max_events=100, max_pending=100, catchup_pending=1000)
+    buf.add(ev("a", 100), 1)
+    buf.add(ev("b", 1500), 2)
+    assert buf.pop_ready(catching_up=True) == []
+    assert [w.user_id for w in buf.pop_ready()] == ["a"]  # not behind any more: a's window closed at 1000
+    off = WindowBuffer(size_ms=1000, max_events=100, max_pending=100, catchup_pending=0)
+    off.add(ev("a", 100), 1)
+    off.add(ev("b", 1500), 2)
+    assert [w.user_id for w in off.pop_ready(catching_up=True)] == ["a"]
