@@ -11,9 +11,12 @@ One run, four phases (the first three on one broker):
 3. **I/O floor**: the bare agent again, now also producing the worker's Kafka output per
    batch (a recommendation and a changelog record per user; ``bench.floor`` mode ``io``):
    what Faust and Kafka alone cost for the worker's data flow, and the worker's ratio to it.
+   Phase 2's worker takes the backlog in catch-up slices (``windows.catchup_pending``), so
+   a second worker, on a fresh broker, takes the same events with every window closed on
+   time (catch-up off): the rate live traffic can sustain.
 4. **latency**: a fresh worker with a latency-oriented flush (:data:`LATENCY_FLUSH`), on a
    fresh broker (the embedded broker slows down as it fills), is fed
-   live at ``load`` × the throughput of phase 2, events stamped at their produce time:
+   live at ``load`` × that windowed throughput, events stamped at their produce time:
    p50/p95/p99 from handing an event to the producer to the arrival of the first
    recommendation that includes it (``stream.demo``'s tracker and consumer).
 
@@ -231,8 +234,9 @@ def _floor(settings: Settings, workdir: Path, events: int, timeout_s: float, mod
             proc.kill()
 
 
-def _throughput(settings: Settings, workdir: Path, events: int, timeout_s: float, profile: Path | None) -> dict:
-    worker = WorkerProcess(settings, workdir)
+def _throughput(settings: Settings, workdir: Path, events: int, timeout_s: float, profile: Path | None,
+                env: dict[str, str] | None = None) -> dict:
+    worker = WorkerProcess(settings, workdir, env=env)
     spy = None
     try:
         worker.wait_ready()
@@ -339,13 +343,22 @@ def run(events: int = 200_000, users: int = 10_000, load: float = 0.5, latency_s
         (workdir / "tp").mkdir()
         ours = _throughput(tp, workdir / "tp", events, timeout, profile)
         floor_io, floor_io_cpu = _floor(tp, workdir, events, timeout, "io")
+    windowed = None  # the same backlog with every window closed on time (no catch-up slices)
+    if tp.windows.catchup_pending > tp.windows.max_pending:
+        with _broker("bench-e2e-win-") as (workdir, url, _):
+            win = _settings(url, "bench.win.")
+            _prepare(win, items, synthetic_events(events, users, ids, weights))
+            (workdir / "tp").mkdir()
+            windowed = _throughput(win, workdir / "tp", events, timeout, None, env={"RECSTREAM_WINDOWS__CATCHUP_PENDING": "0"})
+    # live traffic closes windows on time: its sustainable rate is the windowed one
+    live_max = (windowed or ours)["events_per_s"]
     latency = None  # --latency-seconds 0: throughput only
     if latency_seconds > 0:
         # A fresh broker: Tansu's memory storage costs more CPU per fetch the more it holds
         # (BENCHMARKS.md, 2026-12-01 and 2026-12-02), and phases 1-2 left some 200 MB in it.
         with _broker("bench-e2e-lat-") as (workdir, url, broker_pid):
             latency = _latency(_settings(url, "bench.lat."), broker_pid, items, ids, weights,
-                               load * ours["events_per_s"], latency_seconds, workdir)
+                               load * live_max, latency_seconds, workdir)
     result = {
         "benchmark": "e2e" if catalogue == "ml-100k" else "e2e-large", "catalogue": catalogue, "events": events, "users": users, "items": len(ids), "publish_events_per_s": round(events / publish_s),
         "floor_events_per_s": round(floor), "events_per_s": round(ours["events_per_s"]),
@@ -353,6 +366,11 @@ def run(events: int = 200_000, users: int = 10_000, load: float = 0.5, latency_s
         # the floor that also does the worker's Kafka output (bench.floor, mode io)
         "floor_io_events_per_s": round(floor_io), "ratio_to_floor_io": round(ours["events_per_s"] / floor_io, 3),
         "floor_io_cpu_us_per_event": round(floor_io_cpu * 1e6),
+        "catchup_pending": tp.windows.catchup_pending,
+        # windows closed on time (windows.catchup_pending 0): the base of the latency phase's rate
+        "windowed_events_per_s": None if windowed is None else round(windowed["events_per_s"]),
+        "windowed_cpu_us_per_event": None if windowed is None else round(windowed["cpu_per_event"] * 1e6),
+        "windowed_peak_rss_mb": None if windowed is None else round(windowed["memory"]["VmHWM"] / 2**20),
         # CPU per event is what other load on a shared machine distorts least
         "floor_cpu_us_per_event": round(floor_cpu * 1e6), "cpu_us_per_event": round(ours["cpu_per_event"] * 1e6), "elapsed_s": round(ours["elapsed_s"], 1),
         "worker_peak_rss_mb": round(ours["memory"]["VmHWM"] / 2**20), "flushes": ours["flushes"],

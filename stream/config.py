@@ -190,7 +190,7 @@ class WindowSettings(_Section):
     size_s: float = Field(1.0, gt=0)
     max_events: int = Field(100, ge=1)
     max_pending: int = Field(5000, ge=1)
-    catchup_pending: int = Field(20_000, ge=0)
+    catchup_pending: int = Field(10_000, ge=0)
     idle_flush_s: float = Field(1.0, gt=0)
     allowed_lateness_s: float | None = Field(None, ge=0)
     batch_timeout_s: float = Field(0.05, gt=0)
