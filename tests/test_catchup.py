@@ -3,7 +3,6 @@ one update and one recommendation per user and slice, every event applied once."
 
 from __future__ import annotations
 
-import subprocess
 from collections import Counter
 
 import orjson
@@ -12,6 +11,7 @@ import pytest
 from stream import movielens
 from stream.kafka_io import ensure_topics, make_producer, publish_items
 from tests.test_pipeline import BASE_TS, consume, send, start_worker, wait_for_log
+from tests.worker_harness import stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,8 +50,4 @@ def test_a_backlog_is_applied_once_in_catch_up_slices(settings, ml100k_dir, tmp_
         per_user = Counter(r["user_id"] for r in recs)
         assert len(recs) <= 500 and max(per_user.values()) <= 5, (len(recs), per_user.most_common(3))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
