@@ -335,7 +335,6 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
                  "profile erased" if erased else "nothing was stored", ", ".join(topics) or "no topic")
 
     control_topic = s.topics.control  # a computed property: read once, not per record
-    catchup = s.windows.catchup_pending > s.windows.max_pending
 
     @app.agent(inputs)
     async def events(stream: faust.StreamT) -> None:
@@ -368,11 +367,14 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             if ctx.stopping or ctx.revoking:
                 await flush(ctx.buffer.drain())
             else:
-                unread = _unread(app.consumer, batch) if catchup else 0
+                unread = _unread(app.consumer, batch) if ctx.buffer.catches_up else 0
                 if (unread >= s.windows.max_pending) != ctx.catching_up:
                     ctx.catching_up = not ctx.catching_up
-                    log.info("catching up: %d input records unread, windows stay open up to %d events" % (unread, s.windows.catchup_pending)
-                             if ctx.catching_up else "caught up: windows close on time again")
+                    if ctx.catching_up:
+                        log.info("catching up: %d input records unread, windows stay open up to %d events",
+                                 unread, s.windows.catchup_pending)
+                    else:
+                        log.info("caught up: windows close on time again")
                 await flush(ctx.buffer.pop_ready(catching_up=ctx.catching_up))
 
     @app.timer(interval=max(0.05, s.windows.idle_flush_s / 4))

@@ -184,7 +184,8 @@ class WindowSettings(_Section):
     While the input partitions hold at least ``max_pending`` records the worker has not
     taken yet (a backlog: a restart, an outage, a replay), windows stay open up to
     ``catchup_pending`` buffered events: each user gets one update and one recommendation
-    for its events in that slice instead of one per window (0: off). Live traffic is unaffected.
+    for its events in that slice instead of one per window (0, or any value up to
+    ``max_pending``: off). Live traffic is unaffected.
     """
 
     size_s: float = Field(1.0, gt=0)

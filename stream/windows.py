@@ -49,6 +49,8 @@ class WindowBuffer(Generic[H]):
         self.max_events = max_events
         self.max_pending = max_pending
         self.catchup_pending = catchup_pending
+        #: catch-up slices hold more than a normal flush would (else they are off)
+        self.catches_up = catchup_pending > max_pending
         self.watermark_ms = 0
         self._users: dict[str, UserWindow[H]] = {}
         self._full: set[str] = set()
@@ -85,7 +87,7 @@ class WindowBuffer(Generic[H]):
         flush. A user with several events in that slice of the backlog then costs one
         update and one recommendation, not one per window, and the one it gets is as fresh.
         """
-        catchup = catching_up and self.catchup_pending > self.max_pending
+        catchup = catching_up and self.catches_up
         if self._pending >= (self.catchup_pending if catchup else self.max_pending):
             return self.drain()
         if catchup:
