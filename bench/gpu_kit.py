@@ -45,14 +45,10 @@ SHORT_TEXTS = 65_536
 
 def build(kit: Path = KIT) -> list[str]:
     """Write the kit (see the module doc); returns the device calls, also in ``calls.txt``."""
-    from encoders.bench import bench_texts
+    from encoders.bench import bench_texts, item_texts
     from encoders.export import ensure_exported
     from encoders.runtime import OnnxTextEncoder
-    from stream import movielens
-    from stream.catalog import item_text, parse_item
-    from stream.config import LimitSettings, load_settings
-
-    import orjson
+    from stream.config import load_settings
 
     shutil.rmtree(kit, ignore_errors=True)
     wheels = kit / "wheels"
@@ -67,8 +63,7 @@ def build(kit: Path = KIT) -> list[str]:
     settings = load_settings()
     fp16 = ensure_exported(settings.encoder.model, settings.encoder.cache_dir, "fp16")
     shutil.copytree(fp16, kit / "model-fp16")
-    items = movielens.load_items(movielens.fetch_ml100k(settings.encoder.cache_dir))
-    short = [item_text(parse_item(orjson.dumps(movielens.item_message(i)), LimitSettings())) for i in items]
+    short = item_texts(settings.encoder.cache_dir)
     long = bench_texts(settings.encoder.cache_dir, n=512)["long"]
     (kit / "texts.json").write_text(json.dumps({"short": short, "long": long}, ensure_ascii=False))
     fp32 = OnnxTextEncoder(ensure_exported(settings.encoder.model, settings.encoder.cache_dir, "fp32"), provider="cpu")

@@ -23,7 +23,7 @@ import numpy as np
 
 from encoders.manifest import EncoderError
 
-__all__ = ["BenchRow", "bench_texts", "format_table", "run_bench"]
+__all__ = ["BenchRow", "bench_texts", "format_table", "item_texts", "run_bench"]
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,8 @@ class BenchRow:
     provider: str
 
 
-def bench_texts(cache_dir: Path, n: int = 512, long_tokens: int = 128) -> dict[str, list[str]]:
-    """``{"short": [...], "long": [...]}``: ``n`` ml-100k item texts and ``n`` ~``long_tokens``
-    paragraphs made of consecutive item texts (word count as a token proxy, ~1.3 tokens/word)."""
+def item_texts(cache_dir: Path) -> list[str]:
+    """The text the worker encodes for each ml-100k item, in catalogue order."""
     from stream.catalog import item_text, parse_item
     from stream.config import LimitSettings
     from stream import movielens
@@ -51,7 +50,13 @@ def bench_texts(cache_dir: Path, n: int = 512, long_tokens: int = 128) -> dict[s
 
     items = movielens.load_items(movielens.fetch_ml100k(cache_dir))
     limits = LimitSettings()
-    texts = [item_text(parse_item(orjson.dumps(movielens.item_message(i)), limits)) for i in items]
+    return [item_text(parse_item(orjson.dumps(movielens.item_message(i)), limits)) for i in items]
+
+
+def bench_texts(cache_dir: Path, n: int = 512, long_tokens: int = 128) -> dict[str, list[str]]:
+    """``{"short": [...], "long": [...]}``: ``n`` ml-100k item texts and ``n`` ~``long_tokens``
+    paragraphs made of consecutive item texts (word count as a token proxy, ~1.3 tokens/word)."""
+    texts = item_texts(cache_dir)
     short = [texts[i % len(texts)] for i in range(n)]
     long, words_wanted = [], int(long_tokens / 1.3)
     start = 0
