@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import logging
 import time
 from collections import Counter
@@ -68,6 +67,8 @@ class WorkerContext:
         self.last_input = time.monotonic()
         #: the input holds a backlog (see WindowSettings.catchup_pending)
         self.catching_up = False
+        #: per assigned input partition, the offset of the last record taken from it
+        self.read_to: dict[Any, int] = {}
         self.stats: Counter[str] = Counter()
         self.store: LmdbStore | None = None
         self.encoder: Any = None
@@ -187,6 +188,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
     @app.on_partitions_assigned.connect
     async def on_partitions_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         ctx.revoking = False
+        ctx.read_to = {tp: offset for tp, offset in ctx.read_to.items() if tp in assigned}
         changelog.on_assigned(assigned)  # restores start now; the agent waits for them
 
     async def before_revoke(revoked: Any) -> None:
@@ -219,6 +221,12 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         return ctx.processor.flush(windows, stamp_ms), collect(ctx.store, windows)
 
     async def flush(windows: list[UserWindow[Any]]) -> None:
+        """Apply ``windows`` in transactions of at most ``windows.flush_users`` users."""
+        step = s.windows.flush_users or len(windows) or 1
+        for start in range(0, len(windows), step):
+            await flush_part(windows[start:start + step])
+
+    async def flush_part(windows: list[UserWindow[Any]]) -> None:
         """Apply ``windows`` and send their recommendations; the changelog delivery and the
         acks follow one flush behind (stream.lag), except while revoking or stopping."""
         if not windows:
@@ -303,7 +311,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
                     # Start-up's objects (modules, Faust, the catalogue: ~115k on ml-100k) never die;
                     # frozen, full collections stop re-scanning them. They were pauses of ~37 ms,
                     # 18 in a 30 s run at 1,127 events/s (BENCHMARKS.md).
-                    gc.freeze()
+                    ctx.metrics.freeze_heap()
                     ctx.ready.set()
                     log.info("catalogue ready: %d items", len(ctx.catalogue or ()))
         finally:
@@ -344,8 +352,10 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             await changelog.ensure({fevent.message.partition for fevent in batch})
             ctx.last_input = time.monotonic()
             received = now_ms()
+            read_to = ctx.read_to
             for fevent in batch:
                 m = fevent.message
+                read_to[m.tp] = m.offset  # in offset order within a partition
                 if m.topic == control_topic:
                     await control(fevent)
                     await stream.ack(fevent)
@@ -367,7 +377,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             if ctx.stopping or ctx.revoking:
                 await flush(ctx.buffer.drain())
             else:
-                unread = _unread(app.consumer, batch) if ctx.buffer.catches_up else 0
+                unread = _unread(app.consumer, read_to) if ctx.buffer.catches_up else 0
                 if (unread >= s.windows.max_pending) != ctx.catching_up:
                     ctx.catching_up = not ctx.catching_up
                     if ctx.catching_up:
@@ -436,17 +446,17 @@ async def _caught_up(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> b
     return True
 
 
-def _unread(consumer: Any, batch: list[Any]) -> int:
-    """Records the partitions of ``batch`` hold past it: the high-water mark of each one's
-    last fetch minus the offset after its last record in the batch (partitions not yet
-    fetched count 0). A few thousand mean the worker is behind its input."""
-    last: dict[Any, int] = {}
-    for fevent in batch:
-        m = fevent.message
-        if m.offset > last.get(m.tp, -1):
-            last[m.tp] = m.offset
+def _unread(consumer: Any, read_to: dict[Any, int]) -> int:
+    """Records the worker's input partitions hold past what it has taken from them: the
+    high-water mark of each one's last fetch minus the offset after its last record taken
+    (partitions not yet fetched count 0). A few thousand mean the worker is behind.
+
+    Summed over every partition read so far, not just those of the current batch: a batch
+    can come from a few nearly-read partitions while the others still hold most of the
+    backlog (three topics of unequal size), and catch-up would stop and start with it.
+    """
     unread = 0
-    for tp, offset in last.items():
+    for tp, offset in read_to.items():
         try:
             highwater = consumer.highwater(tp)
         except Exception:  # noqa: BLE001 - revoked meanwhile: nothing unread of ours

@@ -185,13 +185,16 @@ class WindowSettings(_Section):
     taken yet (a backlog: a restart, an outage, a replay), windows stay open up to
     ``catchup_pending`` buffered events: each user gets one update and one recommendation
     for its events in that slice instead of one per window (0, or any value up to
-    ``max_pending``: off). Live traffic is unaffected.
+    ``max_pending``: off). Live traffic is unaffected. A flush applies at most
+    ``flush_users`` users per LMDB transaction (and per send of their records), so the
+    memory of a slice's flush is bounded by that, not by the slice (0: no bound).
     """
 
     size_s: float = Field(1.0, gt=0)
     max_events: int = Field(100, ge=1)
     max_pending: int = Field(5000, ge=1)
-    catchup_pending: int = Field(10_000, ge=0)
+    catchup_pending: int = Field(100_000, ge=0)
+    flush_users: int = Field(2_500, ge=0)
     idle_flush_s: float = Field(1.0, gt=0)
     allowed_lateness_s: float | None = Field(None, ge=0)
     batch_timeout_s: float = Field(0.05, gt=0)

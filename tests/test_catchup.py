@@ -1,5 +1,6 @@
 """A worker that starts behind its input catches up in large slices (windows.catchup_pending):
-one update and one recommendation per user and slice, every event applied once."""
+one update and one recommendation per user and slice, every event applied once, also when
+a slice's flush is split into transactions of a few users (windows.flush_users)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ USERS, PER_USER = 100, 30
 def test_a_backlog_is_applied_once_in_catch_up_slices(settings, ml100k_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("RECSTREAM_WINDOWS__MAX_PENDING", "300")
     monkeypatch.setenv("RECSTREAM_WINDOWS__CATCHUP_PENDING", "1500")
+    monkeypatch.setenv("RECSTREAM_WINDOWS__FLUSH_USERS", "7")  # a slice's 100 users in 15 transactions
     items = movielens.load_items(ml100k_dir)
     ensure_topics(settings)
     producer = make_producer(settings)

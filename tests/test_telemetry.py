@@ -69,7 +69,17 @@ def test_gc_pauses_are_timed_by_generation_once_watched():
     assert m[("recstream_gc_pause_seconds_count", (("generation", "2"),))] == 1
     assert m[("recstream_gc_pause_seconds_count", (("generation", "0"),))] >= 1
     assert m[("recstream_gc_pause_seconds_sum", (("generation", "2"),))] > 0
-    assert m[("recstream_gc_frozen_objects", ())] == gc.get_freeze_count()
+
+
+def test_the_frozen_heap_is_counted_once_when_frozen_not_on_every_scrape():
+    metrics = WorkerMetrics(Counter())
+    assert samples(metrics)[("recstream_gc_frozen_objects", ())] == 0
+    metrics.freeze_heap()
+    try:
+        frozen = gc.get_freeze_count()
+        assert frozen > 1_000 and samples(metrics)[("recstream_gc_frozen_objects", ())] == frozen
+    finally:
+        gc.unfreeze()
 
 
 def test_each_worker_has_its_own_registry():

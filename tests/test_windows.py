@@ -72,3 +72,19 @@ def test_caught_up_windows_close_on_time_again_and_catchup_can_be_off():
     off.add(ev("a", 100), 1)
     off.add(ev("b", 1500), 2)
     assert [w.user_id for w in off.pop_ready(catching_up=True)] == ["a"]
+
+
+def test_unread_counts_every_partition_taken_from_not_only_the_current_batch():
+    from stream.app import _unread
+
+    class Consumer:
+        marks = {("views", 0): 5_000, ("views", 1): 4_000, ("purchases", 0): 100}
+
+        def highwater(self, tp):
+            if tp == ("gone", 0):
+                raise KeyError(tp)  # revoked meanwhile
+            return self.marks.get(tp)
+
+    # the latest batch came from purchases:0 alone, nearly read; views still hold most of it
+    read_to = {("views", 0): 999, ("views", 1): 1_999, ("purchases", 0): 98, ("gone", 0): 5, ("unfetched", 0): 3}
+    assert _unread(Consumer(), read_to) == 4_000 + 2_000 + 1
