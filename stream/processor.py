@@ -267,9 +267,11 @@ class Processor:
                 pending.append((rec, vectors, weights, ts, items))
                 pending_users.add(rec.user_id)
             settle()
-            for source, offset in positions.items():
-                topic, partition = source.rsplit(":", 1)
-                txn.put_offset(topic, int(partition), offset)
+            stored = txn.get_offsets() if positions else {}
+            for source, offset in positions.items():  # the highest yet: a flush of some users'
+                topic, partition = source.rsplit(":", 1)  # windows may end below the last one's
+                if offset > stored.get((topic, int(partition)), -1):
+                    txn.put_offset(topic, int(partition), offset)
             for kind, n in kinds.items():
                 txn.incr(f"events.{kind}", n)
             if result.duplicates:

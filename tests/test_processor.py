@@ -32,6 +32,14 @@ def window(user, items, first_offset=0, source="recstream.clicks:0", ts0=1_700_0
     return UserWindow(user, events=events, handles=list(range(len(events))))
 
 
+def test_the_stored_position_is_the_highest_offset_consumed_whatever_the_flush_order(processor):
+    # two parts of one slice (or a user whose window stayed open): the later flush ends lower
+    processor.flush([window("a", ["1", "2"], first_offset=10)], now_ms=1)
+    processor.flush([window("b", ["3"], first_offset=4)], now_ms=2)
+    with processor.store.read() as txn:
+        assert txn.get_offsets() == {("recstream.clicks", 0): 11}
+
+
 def test_a_redelivered_window_is_not_counted_twice(processor):
     first = processor.flush([window("u", ["1", "2", "3"])], now_ms=1)
     assert (first.applied, first.duplicates) == (3, 0)
