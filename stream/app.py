@@ -188,7 +188,8 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
     @app.on_partitions_assigned.connect
     async def on_partitions_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         ctx.revoking = False
-        ctx.read_to = {tp: offset for tp, offset in ctx.read_to.items() if tp in assigned}
+        for tp in [tp for tp in ctx.read_to if tp not in assigned]:  # in place: the agent holds it
+            del ctx.read_to[tp]
         changelog.on_assigned(assigned)  # restores start now; the agent waits for them
 
     async def before_revoke(revoked: Any) -> None:

@@ -267,9 +267,10 @@ class Processor:
                 pending.append((rec, vectors, weights, ts, items))
                 pending_users.add(rec.user_id)
             settle()
+            # the highest offset yet: a flush of some users' windows may end below the last one's
             stored = txn.get_offsets() if positions else {}
-            for source, offset in positions.items():  # the highest yet: a flush of some users'
-                topic, partition = source.rsplit(":", 1)  # windows may end below the last one's
+            for source, offset in positions.items():
+                topic, partition = source.rsplit(":", 1)
                 if offset > stored.get((topic, int(partition)), -1):
                     txn.put_offset(topic, int(partition), offset)
             for kind, n in kinds.items():
