@@ -31,6 +31,7 @@ from stream.config import Settings
 from stream.deadletter import dead_letter, reason_category
 from stream.control import parse_control, publish_tombstones
 from stream.events import InvalidEvent, parse_event
+from stream.heap import SliceCollector
 from stream.lag import OneBehind
 from stream.privacy import Pseudonymiser, guard_payload_logs
 from stream.processor import Processor
@@ -344,6 +345,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
                  "profile erased" if erased else "nothing was stored", ", ".join(topics) or "no topic")
 
     control_topic = s.topics.control  # a computed property: read once, not per record
+    collector = SliceCollector()  # no automatic garbage collection while a slice fills (stream.heap)
 
     @app.agent(inputs)
     async def events(stream: faust.StreamT) -> None:
@@ -382,11 +384,17 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
                 if (unread >= s.windows.max_pending) != ctx.catching_up:
                     ctx.catching_up = not ctx.catching_up
                     if ctx.catching_up:
+                        collector.hold()
                         log.info("catching up: %d input records unread, windows stay open up to %d events",
                                  unread, s.windows.catchup_pending)
                     else:
                         log.info("caught up: windows close on time again")
                 await flush(ctx.buffer.pop_ready(catching_up=ctx.catching_up))
+            if collector.held and (not ctx.buffer.pending or not ctx.catching_up):  # a slice flushed
+                ctx.stats["catchup.slices"] += 1
+                log.info("catch-up slice flushed; full garbage collection in %.0f ms", collector.collect() * 1000)
+                if not ctx.catching_up:  # the last one: automatic collection again
+                    collector.release()
 
     @app.timer(interval=max(0.05, s.windows.idle_flush_s / 4))
     async def idle_flush() -> None:

@@ -39,6 +39,7 @@ _PLAIN = {
     "events.duplicates": ("recstream_events_duplicate", "Redelivered events skipped as already applied."),
     "recommendations": ("recstream_recommendations", "Recommendation records emitted."),
     "flushes": ("recstream_window_flushes", "Window flushes committed."),
+    "catchup.slices": ("recstream_catchup_slices", "Catch-up slices flushed, each followed by one full garbage collection."),
     "items.encoded": ("recstream_items_encoded", "Catalogue items encoded and stored."),
 }
 

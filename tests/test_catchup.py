@@ -1,6 +1,7 @@
 """A worker that starts behind its input catches up in large slices (windows.catchup_pending):
 one update and one recommendation per user and slice, every event applied once, also when
-a slice's flush is split into transactions of a few users (windows.flush_users)."""
+a slice's flush is split into transactions of a few users (windows.flush_users), and one
+full garbage collection after each slice (stream.heap)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,10 @@ def test_a_backlog_is_applied_once_in_catch_up_slices(settings, ml100k_dir, tmp_
         recs = consume(settings, settings.topics.recommendations, complete, timeout_s=120)
         assert complete(recs), log_path.read_text()[-3000:]
         assert max(r["event_count"] for r in recs) == PER_USER  # nothing applied twice
-        assert "catching up: " in log_path.read_text()
+        log = log_path.read_text()
+        assert "catching up: " in log
+        # 3,000 events in slices of 1,500: at least one slice flushed whole, then collected
+        assert "catch-up slice flushed; full garbage collection in" in log, log[-3000:]
         # windows closing on time would send one per user and flush of max_pending (300)
         # events: 10 flushes of 100 users; slices of 1,500 events send about a fifth of that
         per_user = Counter(r["user_id"] for r in recs)
