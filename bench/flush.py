@@ -1,8 +1,9 @@
 """The worker's per-user CPU without Kafka: ``Processor.flush`` on single-event windows.
 
 10,000 users (warmed up with 10 events each) over a synthetic 1,682 × 384 catalogue with a
-popularity skew like ml-100k's; 16 flushes of 625 users with one event each, as in the e2e
-benchmark, each followed by the changelog snapshot (``changelog.collect``). Reports CPU µs
+popularity skew like ml-100k's; 16 flushes of 625 users with one event each, as a latency
+flush of the e2e benchmark makes them (``events_per_user=10``, ``per_flush=2500``: about what
+a catch-up slice holds per user, 100,000 events of 10,000 users), each followed by the changelog snapshot (``changelog.collect``). Reports CPU µs
 per user of the flush (with the recommendations' JSON) and of the snapshot, and a digest of
 every recommendation and changelog value: two versions of the code that must produce the
 same output are compared by it on one machine (BLAS threads as the worker sets them; scores
@@ -22,7 +23,8 @@ import orjson
 __all__ = ["run"]
 
 
-def run(users: int = 10_000, flushes: int = 16, per_flush: int = 625, items: int = 1682, dim: int = 384) -> dict:
+def run(users: int = 10_000, flushes: int = 16, per_flush: int = 625, items: int = 1682, dim: int = 384,
+        events_per_user: int = 1) -> dict:
     from store import LmdbStore
     from stream.catalog import Catalogue
     from stream.changelog import collect
@@ -72,7 +74,7 @@ def run(users: int = 10_000, flushes: int = 16, per_flush: int = 625, items: int
             flush_s = collect_s = 0.0
             n = 0
             for _ in range(flushes):
-                batch = windows(rng.choice(users, per_flush, replace=False), 1)
+                batch = windows(rng.choice(users, per_flush, replace=False), events_per_user)
                 t0 = time.process_time()
                 result = processor.flush(batch, 2)
                 values = [orjson.dumps(rec) for rec in result.recommendations]
@@ -87,6 +89,6 @@ def run(users: int = 10_000, flushes: int = 16, per_flush: int = 625, items: int
                     digest.update(value)
         finally:
             store.close()
-    return {"benchmark": "flush", "users": users, "flushed_users": n, "items": items,
+    return {"benchmark": "flush", "users": users, "flushed_users": n, "events_per_user": events_per_user, "items": items,
             "flush_cpu_us_per_user": round(1e6 * flush_s / n), "collect_cpu_us_per_user": round(1e6 * collect_s / n),
             "blas_threads": settings.ranking.blas_threads, "digest": digest.hexdigest()[:16]}

@@ -204,7 +204,7 @@ class WriteTxn(ReadTxn):
 
     def __init__(self, store: LmdbStore, txn: lmdb.Transaction) -> None:
         super().__init__(store, txn)
-        self._journal: list[tuple[str, Any, bytes, bytes]] = []
+        self._journal: list[tuple[str, str, bytes, Any]] = []
         #: (before, after) history per profile written or forgot, if the store reports them.
         self.history_changes: list[tuple[list[HistoryEntry], list[HistoryEntry]]] | None = (
             [] if store.on_history_change is not None else None)
@@ -222,8 +222,9 @@ class WriteTxn(ReadTxn):
     def add_seen(self, user_id: str, item_ids: Iterable[str]) -> None:
         """Add ``item_ids`` to the user's seen set (already-present ids are ignored)."""
         key = _key("user", user_id)
-        for item_id in item_ids:
-            self._apply("put", "seen", key, _key("item", item_id))
+        values = tuple(_key("item", item_id) for item_id in item_ids)
+        if values:
+            self._apply("put_each", "seen", key, values)
 
     def put_item(self, rec: ItemRecord) -> None:
         self._apply("put", "items", _key("item", rec.item_id), encode_item(rec))
@@ -260,7 +261,7 @@ class WriteTxn(ReadTxn):
         had_seen = self._apply("delete", "seen", key, b"")  # b"" value: all duplicates
         return bool(had_profile or had_seen)
 
-    def _apply(self, op: str, db_name: str, key: bytes, value: bytes) -> bool:
+    def _apply(self, op: str, db_name: str, key: bytes, value: bytes | tuple[bytes, ...]) -> bool:
         entry = (op, db_name, key, value)
         self._journal.append(entry)
         try:
@@ -269,12 +270,14 @@ class WriteTxn(ReadTxn):
             self._store._regrow(self)
             return self._last_result
 
-    def _run(self, entry: tuple[str, str, bytes, bytes]) -> bool:
+    def _run(self, entry: tuple[str, str, bytes, Any]) -> bool:
         op, db_name, key, value = entry
         db = self._dbs[db_name]
         try:
             if op == "put":
                 return self._txn.put(key, value, db=db, dupdata=False)
+            if op == "put_each":  # many values under one key of a dupsort database: one call
+                return self._txn.cursor(db=db).putmulti([(key, v) for v in value], dupdata=False)[1] > 0
             if op == "add":  # insert unless present; False when it was
                 return self._txn.put(key, value, db=db, overwrite=False)
             return self._txn.delete(key, value, db=db)

@@ -26,6 +26,7 @@ import struct
 from dataclasses import dataclass, field, fields
 from collections.abc import Iterable
 from itertools import accumulate
+from operator import sub
 
 import hashlib
 
@@ -167,8 +168,14 @@ def _history(entries: list[HistoryEntry]) -> bytes:
     n = len(entries)
     if n == 0:
         return _U32.pack(0)
-    ids = [e.item_id.encode("utf-8") for e in entries]
-    lens = list(map(len, ids))
+    names = [e.item_id for e in entries]
+    text = "".join(names)
+    blob = text.encode("utf-8")
+    if len(blob) == len(text):  # ASCII: byte lengths are character lengths, one encode
+        lens = list(map(len, names))
+    else:
+        ids = [name.encode("utf-8") for name in names]
+        lens, blob = list(map(len, ids)), b"".join(ids)
     ts = [e.ts_ms for e in entries]
     if min(ts) < -(2**63) or max(ts) >= 2**63:  # else a delta below would wrap silently
         raise ValueError("history event time outside int64")
@@ -180,14 +187,16 @@ def _history(entries: list[HistoryEntry]) -> bytes:
     if longest > 0xFFFF:
         raise ValueError("history item id too long for a record (max 65535 bytes)")
     wide_ids = longest > 0xFF
-    deltas = [_wrap64(b - a) for a, b in zip(ts, ts[1:])]  # int64 arithmetic, as the decoder undoes it
+    deltas = list(map(sub, ts[1:], ts))
+    if n > 1 and (min(deltas) < -(2**63) or max(deltas) >= 2**63):  # int64 arithmetic, as the decoder undoes it
+        deltas = list(map(_wrap64, deltas))
     wide_ts = n > 1 and (min(deltas) < -(2**31) or max(deltas) >= 2**31)
     flags = int(wide_ids) | (int(wide_ts) << 1)
     return b"".join((
         _U32.pack(n),
         _U8.pack(flags),
         struct.pack(f"<{n}H", *lens) if wide_ids else bytes(lens),
-        b"".join(ids),
+        blob,
         _I64.pack(ts[0]),
         struct.pack(f"<{n - 1}{'q' if wide_ts else 'i'}", *deltas),
         kinds,

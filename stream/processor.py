@@ -21,6 +21,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from collections.abc import Iterable
+from operator import attrgetter
 from typing import Any, Protocol
 
 import numpy as np
@@ -235,7 +236,7 @@ class Processor:
                 applied = dict(rec.applied)
                 recent = list(rec.recent_ids)  # event-id dedupe: hashes of the last ids applied
                 vectors, weights, ts, items = [], [], [], []
-                for event in sorted(window.events, key=lambda e: (e.source, e.offset)):
+                for event in sorted(window.events, key=_SOURCE_OFFSET):
                     positions[event.source] = max(positions.get(event.source, -1), event.offset)
                     if event.offset <= applied.get(event.source, -1):
                         result.duplicates += 1
@@ -513,6 +514,9 @@ def _round6(scores: np.ndarray) -> np.ndarray:
         return np.round(scores.astype(np.float64), 6)
     return np.array([[round(s, 6) for s in row] for row in scores.tolist()], np.float64).reshape(scores.shape)
 
+
+#: A window's events in input order: partition, then offset.
+_SOURCE_OFFSET = attrgetter("source", "offset")
 
 #: A user with new events in a flush: (record, embeddings, event weights, event times, events).
 _Pending = tuple[ProfileRecord, list[np.ndarray], list[float], list[int], list[Event]]

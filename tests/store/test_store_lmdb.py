@@ -150,11 +150,13 @@ def test_map_grows_from_1mb_without_losing_writes(store_path: Path):
     with store.write() as w:  # one block far bigger than the map: MAP_FULL, grow, replay
         for p in profiles[:600]:
             w.put_profile(p)
+            w.add_seen(p.user_id, [f"i{len(p.user_id)}", p.user_id, p.user_id])  # one id twice
             w.incr("n")
     for start in range(600, 1500, 100):  # then many small blocks: growth before the txn
         with store.write() as w:
             for p in profiles[start : start + 100]:
                 w.put_profile(p)
+                w.add_seen(p.user_id, [f"i{len(p.user_id)}", p.user_id, p.user_id])
                 w.incr("n")
     grown = store.stats()["map_size_bytes"]
     store.close()
@@ -163,6 +165,7 @@ def test_map_grows_from_1mb_without_losing_writes(store_path: Path):
     with store.read() as r:
         assert r.counters() == {"n": 1500}
         stored = {p.user_id: p for p in r.iter_profiles()}
+        assert all(r.get_seen(p.user_id) == {f"i{len(p.user_id)}", p.user_id} for p in profiles)
     assert len(stored) == 1500 and all(stored[p.user_id] == p for p in profiles)
     with store.write() as w:  # a reopened store at 100% of its map still takes writes
         w.put_profile(make_profile("one-more"))
