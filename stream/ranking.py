@@ -141,5 +141,32 @@ def explain_positions(matrix: np.ndarray, recs: np.ndarray, hist: np.ndarray, n:
     sims = matrix[recs] @ matrix[np.maximum(hist, 0)].transpose(0, 2, 1)  # (U, k, m)
     if extra is not None:
         sims += extra
-    sims[np.broadcast_to((hist < 0)[:, None, :], sims.shape)] = -np.inf  # padding sorts last
-    return np.argsort(-sims, axis=2, kind="stable")[:, :, :n]
+    padding = hist < 0
+    sims[np.broadcast_to(padding[:, None, :], sims.shape)] = -np.inf  # padding sorts last
+    if n > _ARGMAX_UP_TO:
+        return np.argsort(-sims, axis=2, kind="stable")[:, :, :n]
+    return _best_positions(sims, padding, n)
+
+
+#: Up to this many explanations per item, ``n`` passes of argmax beat a full sort of ``m``.
+_ARGMAX_UP_TO = 8
+
+
+def _best_positions(sims: np.ndarray, padding: np.ndarray, n: int) -> np.ndarray:
+    """What ``argsort(-sims, stable)[..., :n]`` gives, by ``n`` argmax passes (argmax takes the
+    first of equal maxima: the stable order). ``sims`` is consumed: each pass's pick is set to
+    -inf. Slots past a user's real items take its padding positions in order, as the sort does."""
+    u, k, m = sims.shape
+    out = np.empty((u, k, n), np.int64)
+    real = m - padding.sum(axis=1)  # (U,) real items per user
+    pad_order = np.argsort(~padding, axis=1, kind="stable")  # each row's padding positions first, in order
+    for j in range(n):
+        best = sims.argmax(axis=2)
+        out[:, :, j] = best
+        np.put_along_axis(sims, best[..., None], -np.inf, axis=2)
+    short = real < n
+    if short.any():  # slots j >= real[u]: the (j - real[u])-th padding position
+        slots = np.arange(n)
+        pad = np.take_along_axis(pad_order[short], np.clip(slots[None, :] - real[short, None], 0, m - 1), axis=1)
+        out[short] = np.where(slots[None, :] >= real[short, None], pad, out[short].transpose(1, 0, 2)).transpose(1, 0, 2)
+    return out

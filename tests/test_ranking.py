@@ -102,3 +102,28 @@ def test_explain_positions_match_explain_user_by_user():
             want = explain(items[r], items[h], names, n) if len(r) else []
             # padding positions sort after every real one: keep the user's own min(n, len(h))
             assert [[names[j] for j in row[: min(n, len(h))]] for row in got[u, : len(r)].tolist()] == want
+
+
+def test_explain_positions_are_the_stable_sort_of_the_similarities():
+    """The argmax passes give exactly the stable descending sort's first ``n`` positions:
+    ties (rounded vectors), co-occurrence extras, padding at the end or anywhere, n up to m."""
+    rng = np.random.default_rng(11)
+    for _ in range(400):
+        n_items, users, k, m = int(rng.integers(1, 30)), int(rng.integers(1, 6)), int(rng.integers(0, 5)), int(rng.integers(1, 12))
+        items = rng.standard_normal((n_items, 4)).astype(np.float32)
+        if rng.random() < 0.3:
+            items = np.round(items)
+        recs, hist = rng.integers(0, n_items, (users, k)), rng.integers(0, n_items, (users, m))
+        for u in range(users):
+            if rng.random() < 0.8:
+                hist[u, int(rng.integers(0, m + 1)):] = -1
+            else:
+                hist[u, rng.random(m) < 0.3] = -1
+        extra = rng.standard_normal((users, k, m)).astype(np.float32) if rng.random() < 0.3 else None
+        sims = items[recs] @ items[np.maximum(hist, 0)].transpose(0, 2, 1)
+        if extra is not None:
+            sims += extra
+        sims[np.broadcast_to((hist < 0)[:, None, :], sims.shape)] = -np.inf
+        for n in {0, 1, min(3, m), m}:
+            want = np.argsort(-sims, axis=2, kind="stable")[:, :, :n]
+            np.testing.assert_array_equal(explain_positions(items, recs, hist, n, extra), want)
