@@ -26,8 +26,7 @@ BENCHMARKS = {
     "scoring": lambda a: scoring.run(),
     "store": lambda a: store.run(),
     "encoders": lambda a: encoders.run(),
-    "flush": lambda a: flush.run(events_per_user=a.flush_events_per_user,
-                                **({"per_flush": a.flush_users} if a.flush_users else {})),
+    "flush": lambda a: flush.run(per_flush=a.flush_users, events_per_user=a.flush_events_per_user),
     "e2e": lambda a: e2e.run(events=a.events, latency_seconds=a.latency_seconds, profile=a.profile),
     "e2e-large": lambda a: e2e.run(events=a.events, latency_seconds=a.latency_seconds, profile=a.profile,
                                    catalogue="synthetic", n_items=a.items),
@@ -45,7 +44,7 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="e2e: py-spy the worker; top-N summary to this path")
     parser.add_argument("--flush-events-per-user", type=int, default=1,
                         help="flush: events in each flushed user's window (1: a latency flush; ~10: a catch-up slice)")
-    parser.add_argument("--flush-users", type=int, default=0, help="flush: users per measured flush (default 625)")
+    parser.add_argument("--flush-users", type=int, default=625, help="flush: users per measured flush")
     parser.add_argument("--broker-seconds", type=float, default=120.0, help="broker: how long to fill it")
     parser.add_argument("--broker-record-bytes", type=int, default=3000, help="broker: size of each record")
     parser.add_argument("--broker-no-consumer", action="store_true", help="broker: produce only, no tail consumer")

@@ -1,10 +1,11 @@
-"""The worker's per-user CPU without Kafka: ``Processor.flush`` on single-event windows.
+"""The worker's per-user CPU without Kafka: ``Processor.flush`` on windows of ``events_per_user``.
 
 10,000 users (warmed up with 10 events each) over a synthetic 1,682 × 384 catalogue with a
-popularity skew like ml-100k's; 16 flushes of 625 users with one event each, as a latency
-flush of the e2e benchmark makes them (``events_per_user=10``, ``per_flush=2500``: about what
-a catch-up slice holds per user, 100,000 events of 10,000 users), each followed by the changelog snapshot (``changelog.collect``). Reports CPU µs
-per user of the flush (with the recommendations' JSON) and of the snapshot, and a digest of
+popularity skew like ml-100k's; by default 16 flushes of 625 users with one event each, as a
+latency flush of the e2e benchmark makes them (``events_per_user=10, per_flush=2500``: about
+what a catch-up slice holds per user, 100,000 events of 10,000 users), each followed by the
+changelog snapshot (``changelog.collect``). Reports CPU µs per user of the flush (with the
+recommendations' JSON) and of the snapshot, and a digest of
 every recommendation and changelog value: two versions of the code that must produce the
 same output are compared by it on one machine (BLAS threads as the worker sets them; scores
 can differ in the last bit with another thread count or BLAS build).

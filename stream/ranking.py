@@ -168,5 +168,6 @@ def _best_positions(sims: np.ndarray, padding: np.ndarray, n: int) -> np.ndarray
     if short.any():  # slots j >= real[u]: the (j - real[u])-th padding position
         slots = np.arange(n)
         pad = np.take_along_axis(pad_order[short], np.clip(slots[None, :] - real[short, None], 0, m - 1), axis=1)
-        out[short] = np.where(slots[None, :] >= real[short, None], pad, out[short].transpose(1, 0, 2)).transpose(1, 0, 2)
+        fill = slots[None, :] >= real[short, None]  # (S, n)
+        out[short] = np.where(fill[:, None, :], pad[:, None, :], out[short])
     return out
