@@ -5,8 +5,9 @@ One run, four phases (the first three on one broker):
 1. **floor**: ``events`` synthetic events (``users`` users over the ml-100k catalogue) are
    published first; a bare Faust agent (:mod:`bench.floor`) decodes them: events/s.
 2. **throughput**: a recstream worker (``recstream worker``, default settings) consumes the
-   same records under its own group: sustained events/s from its first consumed record to
-   the last applied one (its ``/metrics``, polled every 0.2 s: both ends err against us),
+   same records under its own group: sustained events/s from its first input batch to the
+   flush that settled the last event (the worker's own clock, read from its ``/metrics``
+   gauges, as the floor times itself from its first batch to its last decoded event),
    the ratio to the floor, and the worker's peak RSS.
 3. **I/O floor**: the bare agent again, now also producing the worker's Kafka output per
    batch (a recommendation and a changelog record per user; ``bench.floor`` mode ``io``):
@@ -244,23 +245,20 @@ def _throughput(settings: Settings, workdir: Path, events: int, timeout_s: float
             spy = subprocess.Popen(["py-spy", "record", "--pid", str(worker.proc.pid), "--rate", "50", "--format", "raw",
                                     "--output", str(_raw(profile)), "--nonblocking"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        start = end = None
-        previous = time.time()
+        cpu, done, m = None, False, {}
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            now = time.time()
             m = worker.metrics()
-            if start is None and m.get("events_consumed", 0) > 0:
-                start = previous  # the last poll before any record was consumed
-                cpu = worker.cpu_s()
+            if cpu is None and m.get("events_consumed", 0) > 0:
+                cpu = worker.cpu_s()  # at the first poll that sees a consumed record
             if m.get("events_applied", 0) >= events:
-                end = now
+                done = True
                 break
-            previous = now
-            time.sleep(0.2)
-        m = worker.metrics()
-        if end is None or start is None:
+            time.sleep(0.5)
+        if not done or cpu is None:
             raise RuntimeError(f"worker applied {m.get('events_applied', 0):.0f} of {events} events; see {worker.log}")
+        # the worker's own clock, as the floor's: its first input batch to the flush that settled the last event
+        start, end = m["first_input_timestamp_seconds"], m["last_flush_timestamp_seconds"]
         return {"events_per_s": events / (end - start), "elapsed_s": end - start, "memory": worker.memory(),
                 "cpu_per_event": (worker.cpu_s() - cpu) / events,
                 "flushes": m.get("window_flushes", 0), "recommendations": m.get("recommendations", 0)}

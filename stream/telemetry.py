@@ -75,6 +75,8 @@ _GAUGE_HELP = {
     "catalogue_items": "Items in the in-memory catalogue.",
     "catalogue_ready": "1 once the items topic has been read to its end at start-up.",
     "last_flush_age_seconds": "Seconds since the last committed flush (-1: none yet).",
+    "first_input_timestamp_seconds": "Unix time this process took its first batch of input events (-1: none yet).",
+    "last_flush_timestamp_seconds": "Unix time the last flush was settled: changelog delivered, records acked (-1: none yet).",
     "gc_frozen_objects": "Objects Python's garbage collector no longer scans (frozen once the catalogue is ready).",
 }
 
@@ -111,13 +113,19 @@ class WorkerMetrics:
         #: () -> [(topic, partition, lag)]; the web module sets it once the app exists.
         self.lag = lag
         self.last_flush: float | None = None
+        #: wall clock (Unix s) of the first input batch and of the last settled flush: between
+        #: them lies a backlog's exact processing time, whatever the scrape interval
+        self.first_input_unix: float | None = None
+        self.last_flush_unix: float | None = None
         self._frozen = 0
         self._gauges = gauges
         r.register(_StatsCollector(stats, self._all_gauges, lambda: self.lag()))
 
     def _all_gauges(self) -> dict[str, float]:
         age = self.last_flush_age_s()
-        return {**self._gauges(), "last_flush_age_seconds": -1.0 if age is None else age,
+        return {**self._gauges(), "last_flush_age_seconds": _or_unset(age),
+                "first_input_timestamp_seconds": _or_unset(self.first_input_unix),
+                "last_flush_timestamp_seconds": _or_unset(self.last_flush_unix),
                 "gc_frozen_objects": self._frozen}
 
     def freeze_heap(self) -> None:
@@ -147,8 +155,14 @@ class WorkerMetrics:
         """Seconds since the last committed flush, None before the first."""
         return None if self.last_flush is None else round(time.monotonic() - self.last_flush, 3)
 
+    def observe_input(self) -> None:
+        """Note the first input batch's arrival (later calls keep the first)."""
+        if self.first_input_unix is None:
+            self.first_input_unix = time.time()
+
     def observe_flush(self, seconds: float, events: int, users: int) -> None:
         self.last_flush = time.monotonic()
+        self.last_flush_unix = time.time()
         self.flush_seconds.observe(seconds)
         self.flush_events.observe(events)
         self.flush_users.observe(users)
@@ -168,6 +182,10 @@ class WorkerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _or_unset(value: float | None) -> float:
+    return -1.0 if value is None else value
 
 
 class _TimedEncoder:

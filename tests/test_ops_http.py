@@ -110,6 +110,8 @@ def test_http_api_metrics_health_and_graceful_shutdown(own_broker, ml100k_dir, t
         before = scrape(base)
         assert before[("recstream_catalogue_ready", ())] == 1
         assert before[("recstream_gc_frozen_objects", ())] > 10_000  # start-up's objects, frozen once ready
+        assert before[("recstream_first_input_timestamp_seconds", ())] == -1  # no input yet
+        started = time.time()
 
         # u1: two events of each kind on known items, one on a new text (encoded now), one malformed record
         kinds = ["view", "view", "click", "click", "purchase", "purchase"]
@@ -130,6 +132,8 @@ def test_http_api_metrics_health_and_graceful_shutdown(own_broker, ml100k_dir, t
         assert m[("recstream_dead_letters_total", (("reason", "malformed_JSON"),))] == 1
         assert m[("recstream_window_flush_seconds_count", ())] >= 1
         assert m[("recstream_window_flush_events_sum", ())] == 7
+        first_input, last_flush = m[("recstream_first_input_timestamp_seconds", ())], m[("recstream_last_flush_timestamp_seconds", ())]
+        assert started < first_input <= last_flush <= time.time()
         assert m[("recstream_encoder_batch_seconds_count", ())] >= 1  # the new text
         assert m[("recstream_lmdb_commit_seconds_count", ())] >= 1
         assert m[("recstream_recommendations_total", ())] >= 1

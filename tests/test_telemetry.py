@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import io
 import logging
+import time
 from collections import Counter
 
 import numpy as np
@@ -87,6 +88,22 @@ def test_each_worker_has_its_own_registry():
     assert samples(a)[("recstream_recommendations_total", ())] == 1
     assert samples(b)[("recstream_recommendations_total", ())] == 0
     assert samples(b)[("recstream_last_flush_age_seconds", ())] == -1
+
+
+def test_the_first_input_and_the_last_flush_are_wall_clock_gauges():
+    metrics = WorkerMetrics(Counter())
+    m = samples(metrics)
+    assert m[("recstream_first_input_timestamp_seconds", ())] == m[("recstream_last_flush_timestamp_seconds", ())] == -1
+    before = time.time()
+    metrics.observe_input()
+    metrics.observe_flush(0.01, events=5, users=1)
+    first = samples(metrics)[("recstream_first_input_timestamp_seconds", ())]
+    time.sleep(0.01)
+    metrics.observe_input()  # later batches keep the first
+    metrics.observe_flush(0.01, events=5, users=1)
+    m = samples(metrics)
+    assert m[("recstream_first_input_timestamp_seconds", ())] == first
+    assert before <= first < m[("recstream_last_flush_timestamp_seconds", ())] <= time.time()  # full precision, not rounded
 
 
 def test_json_logs_are_one_object_per_line_with_extras_and_tracebacks():
