@@ -245,17 +245,16 @@ def _throughput(settings: Settings, workdir: Path, events: int, timeout_s: float
             spy = subprocess.Popen(["py-spy", "record", "--pid", str(worker.proc.pid), "--rate", "50", "--format", "raw",
                                     "--output", str(_raw(profile)), "--nonblocking"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        cpu, done, m = None, False, {}
+        cpu, m = None, {}
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             m = worker.metrics()
             if cpu is None and m.get("events_consumed", 0) > 0:
                 cpu = worker.cpu_s()  # at the first poll that sees a consumed record
             if m.get("events_applied", 0) >= events:
-                done = True
                 break
             time.sleep(0.5)
-        if not done or cpu is None:
+        if cpu is None or m.get("events_applied", 0) < events:
             raise RuntimeError(f"worker applied {m.get('events_applied', 0):.0f} of {events} events; see {worker.log}")
         # the worker's own clock, as the floor's: its first input batch to the flush that settled the last event
         start, end = m["first_input_timestamp_seconds"], m["last_flush_timestamp_seconds"]
