@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,8 @@ import orjson
 from stream.config import Settings, load_settings
 from stream.demo import _Tracker, _wait_for_log
 
-__all__ = ["LATENCY_FLUSH", "WorkerProcess", "process_cpu_s", "process_memory", "run", "run_latency", "synthetic_events"]
+__all__ = ["LATENCY_FLUSH", "WorkerProcess", "process_cpu_s", "process_memory", "process_tree", "run", "run_latency",
+           "synthetic_events", "tree_memory"]
 
 #: Flush settings for the latency phase (environment overrides of ``windows``/``broker``):
 #: 100 ms event-time windows, batches waited on for at most 20 ms, fetches parked 20 ms.
@@ -86,6 +87,33 @@ def process_memory(pid: int) -> dict[str, int]:
         if name in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
             fields[name] = int(value.split()[0]) * 1024
     return fields
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants: a worker is its process, the store owner's child
+    (stream.owner) and multiprocessing's resource tracker."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            children = [int(c) for task in Path(f"/proc/{current}/task").iterdir()
+                        for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):  # exited meanwhile
+            continue
+        out.append(current)
+        todo.extend(children)
+    return out
+
+
+def tree_memory(pid: int) -> dict[str, int]:
+    """:func:`process_memory` summed over :func:`process_tree` (VmHWM: the sum of each
+    process's peak, an upper bound of the tree's)."""
+    total: dict[str, int] = {}
+    for member in process_tree(pid):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for name, value in process_memory(member).items():
+                total[name] = total.get(name, 0) + value
+    return total
 
 
 def process_cpu_s(pid: int) -> float:
@@ -124,10 +152,16 @@ class WorkerProcess:
         return out
 
     def memory(self) -> dict[str, int]:
-        return process_memory(self.proc.pid)
+        """Of the whole worker: its process and the store owner's child (:func:`tree_memory`)."""
+        return tree_memory(self.proc.pid)
 
     def cpu_s(self) -> float:
-        return process_cpu_s(self.proc.pid)
+        """Of the whole worker, child processes included."""
+        total = 0.0
+        for member in process_tree(self.proc.pid):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                total += process_cpu_s(member)
+        return total
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -242,7 +276,7 @@ def _throughput(settings: Settings, workdir: Path, events: int, timeout_s: float
     try:
         worker.wait_ready()
         if profile is not None:
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(worker.proc.pid), "--rate", "50", "--format", "raw",
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(worker.proc.pid), "--subprocesses", "--rate", "50", "--format", "raw",
                                     "--output", str(_raw(profile)), "--nonblocking"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu, m = None, {}
@@ -281,7 +315,8 @@ def _latency(settings: Settings, broker_pid: int | None, items: list[dict], ids:
     try:
         worker.wait_ready()
         tracker = _Tracker()
-        cpu = _CpuShares(worker=worker.proc.pid, broker=broker_pid, client=os.getpid())
+        cpu = _CpuShares(worker=worker.cpu_s, client=lambda: process_cpu_s(os.getpid()),
+                         broker=None if broker_pid is None else lambda: process_cpu_s(broker_pid))
         publish_s = asyncio.run(drive(settings, tracker, lambda n, seed: synthetic_events(n, 10_000, ids, weights, seed=seed, step_ms=0),
                                       rate, seconds))
         total = int(rate * seconds)
@@ -302,16 +337,17 @@ def _latency(settings: Settings, broker_pid: int | None, items: list[dict], ids:
 
 
 class _CpuShares:
-    """CPU of named processes from now on, as a percentage of one core (``None`` pid: skipped)."""
+    """CPU of named processes from now on, as a percentage of one core: each is a callable
+    giving CPU seconds so far (``None``: skipped)."""
 
-    def __init__(self, **pids: int | None) -> None:
-        self.pids = {name: pid for name, pid in pids.items() if pid is not None}
+    def __init__(self, **cpu_s: Callable[[], float] | None) -> None:
+        self.cpu_s = {name: read for name, read in cpu_s.items() if read is not None}
         self.t0 = time.monotonic()
-        self.cpu0 = {name: process_cpu_s(pid) for name, pid in self.pids.items()}
+        self.cpu0 = {name: read() for name, read in self.cpu_s.items()}
 
     def percent(self) -> dict[str, float]:
         elapsed = time.monotonic() - self.t0
-        return {name: round(100 * (process_cpu_s(pid) - self.cpu0[name]) / elapsed) for name, pid in self.pids.items()}
+        return {name: round(100 * (read() - self.cpu0[name]) / elapsed) for name, read in self.cpu_s.items()}
 
 
 def run_latency(rate: float, seconds: float = 60.0, catalogue: str = "ml-100k", n_items: int = 100_000) -> dict:

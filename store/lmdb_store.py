@@ -392,7 +392,7 @@ class LmdbStore:
         """Erase everything the store holds about ``user_id`` in one write transaction.
 
         True if anything was there. Call it on the store's writer thread (the worker's
-        executor), like any write block.
+        store owner, stream.owner), like any write block.
         """
         with self.write() as w:
             return w.forget(user_id)

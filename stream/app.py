@@ -15,26 +15,22 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
-import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from store import ItemRecord, LmdbStore
-from stream.catalog import (Catalogue, InvalidItem, ItemMessage, item_text, item_vectors, parse_item,
-                            split_stored_attributes, stored_attributes)
-from stream.changelog import Changelog, collect
+from stream.catalog import InvalidItem, parse_item
+from stream.changelog import Changelog
 from stream.config import Settings
 from stream.deadletter import dead_letter, reason_category
 from stream.control import parse_control, publish_tombstones
 from stream.events import InvalidEvent, parse_event
 from stream.heap import SliceCollector
-from stream.lag import OneBehind
+from stream.lag import InOrder, OneBehind
+from stream.owner import Applied, StoreOwner, StoreState, detached, now_ms, on_store
 from stream.privacy import Pseudonymiser, guard_payload_logs
-from stream.processor import Processor
 from stream.produce import log_failures, send_batched
 from stream.telemetry import WorkerMetrics
 from stream.security import aiokafka_config, faust_credentials
@@ -45,20 +41,13 @@ __all__ = ["WorkerContext", "create_app"]
 log = logging.getLogger(__name__)
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class WorkerContext:
-    """Everything one worker process holds: store, encoder, catalogue, window buffer.
-
-    All LMDB writes and encoder calls run on ``executor``, a single thread, so the store has
-    exactly one writer and the event loop never blocks on inference or fsync.
-    """
+    """Everything one worker process holds on its event loop: the window buffer, the
+    metrics and the store's owner (stream.owner), which runs every LMDB write and encoder
+    call off the loop."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recstream-store")
         self.ready = asyncio.Event()
         self.flush_lock = asyncio.Lock()
         self.buffer: WindowBuffer[Any] = WindowBuffer(
@@ -71,79 +60,21 @@ class WorkerContext:
         #: per assigned input partition, the offset of the last record taken from it
         self.read_to: dict[Any, int] = {}
         self.stats: Counter[str] = Counter()
-        self.store: LmdbStore | None = None
-        self.encoder: Any = None
-        self.catalogue: Catalogue | None = None
-        self.processor: Processor | None = None
         self.stream: Any = None
         self.stopping = False  # set on shutdown: the agent then closes every window at once
         self.revoking = False  # set from a revocation until the next assignment: likewise
-        self.metrics = WorkerMetrics(self.stats, self.gauges)
+        self.opened = False  #: the owner opened the store
+        self.catalogue_items = 0
+        #: the store's applied input offsets, as of the last flush (the consumer-lag gauge)
+        self.applied_offsets: dict[tuple[str, int], int] = {}
+        self.metrics = WorkerMetrics(self.stats, self.gauges)  # reads the gauges at once
+        self.owner = StoreOwner(settings, self.metrics)
         self.close_all_windows: Any = None  # set by create_app; awaited by stream.worker.Worker
         self.changelog: Any = None
 
-    def open(self) -> None:
-        """Open the store, load the encoder (exporting it once) and the stored catalogue."""
-        from encoders import CachedEncoder, EmbeddingCache, load_encoder
-
-        s = self.settings
-        if s.ranking.blas_threads:
-            from threadpoolctl import threadpool_limits
-
-            threadpool_limits(s.ranking.blas_threads, user_api="blas")  # process-wide, kept
-        self.store = LmdbStore(s.store.path, map_size_mb=s.store.map_size_mb, vector_dtype=s.store.vector_dtype)
-        self.store.on_commit = self.metrics.observe_commit
-        self.metrics.watch_gc()
-        encoder = load_encoder(s.encoder)
-        timed = self.metrics.timed_encoder(encoder)
-        self.encoder = CachedEncoder(timed, EmbeddingCache(s.encoder.cache_dir / "embeddings.lmdb"))
-        self.catalogue = Catalogue(encoder.dim)
-        with self.store.read() as txn:
-            stored = list(txn.iter_items())
-        self.stale_items = _made_by_another_model(self.encoder, stored)
-        if self.stale_items:
-            log.warning("stored item vectors come from another model: re-encoding the catalogue as it is read")
-        else:
-            for item in stored:
-                self.catalogue.upsert(item.item_id, item.vector, split_stored_attributes(item.attributes)[0], item.text)
-        self.reencoded: set[str] = set()
-        self.processor = Processor(s, self.store, self.catalogue, self.encoder)
-        self.processor.follow_store()  # rebuilt from the store once the catalogue is in: rebuild_signals
-        log.info("worker opened store %s with %d items, encoder %s", s.store.path, len(self.catalogue), encoder.providers)
-
-    def rebuild_signals(self) -> None:
-        """Recompute the hybrid's signals from the stored histories, once the catalogue
-        (their rows) is loaded; on the store thread, like every change to them."""
-        if self.processor is not None and self.processor.signals is not None:
-            started = time.perf_counter()
-            users = self.processor.signals.rebuild(self.store)
-            log.info("hybrid signals rebuilt from %d stored histories in %.2f s", users, time.perf_counter() - started)
-
     def gauges(self) -> dict[str, float]:
-        return {"pending_events": self.buffer.pending, "catalogue_items": len(self.catalogue or ()),
+        return {"pending_events": self.buffer.pending, "catalogue_items": self.catalogue_items,
                 "catalogue_ready": float(self.ready.is_set())}
-
-    def upsert_items(self, items: list[Any]) -> int:
-        """Encode new or changed items in one batch and store them; returns how many changed."""
-        assert self.store is not None and self.catalogue is not None
-        texts = [item_text(i) for i in items]
-        with self.store.read() as txn:
-            stored = {i.item_id: txn.get_item(i.item_id) for i in items}
-        changed = [(i, t) for i, t in zip(items, texts)
-                   if (old := stored[i.item_id]) is None or old.text != t or old.attributes != stored_attributes(i)
-                   or (self.stale_items and i.item_id not in self.reencoded)]
-        if self.stale_items:
-            self.reencoded.update(i.item_id for i, _ in changed)
-        if not changed:
-            return 0
-        vectors = item_vectors(self.encoder, [i for i, _ in changed], [t for _, t in changed])
-        stamp = now_ms()
-        with self.store.write() as txn:
-            for (item, text), vector in zip(changed, vectors):
-                txn.put_item(ItemRecord(item.item_id, item.title, text, np.asarray(vector, np.float32), stored_attributes(item), stamp))
-        for (item, text), vector in zip(changed, vectors):
-            self.catalogue.upsert(item.item_id, vector, item.attributes, text)
-        return len(changed)
 
 
 def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
@@ -181,10 +112,19 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
     dlq = app.topic(s.topics.dlq, **raw)
     changelog = Changelog(
         app.topic(s.topics.changelog, **raw), s.topics.inputs.values(), aiokafka_config(s.broker),
-        lambda fn, *args: asyncio.get_running_loop().run_in_executor(ctx.executor, fn, *args),
+        lambda fn, *args: ctx.owner.call(on_store, fn, *args),
     )
     ctx.changelog = changelog
+    # A flush in two stages: applying (the owner's transaction, then the recommendations
+    # sent), in order and up to a slice of events in flight, so the agent goes on consuming
+    # while the owner applies; and settling (changelog delivered, acks), one flush behind.
+    applying = InOrder(max(s.windows.catchup_pending, s.windows.max_pending))  # events in flight
     behind = OneBehind()
+
+    async def drain_flushes() -> None:
+        """Wait until every submitted flush is applied and settled."""
+        await applying.drain()
+        await behind.drain()
 
     @app.on_partitions_assigned.connect
     async def on_partitions_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
@@ -202,10 +142,10 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         ctx.revoking = True
         pending = ctx.buffer.pending
         try:
-            if pending and ctx.processor is not None:
+            if pending and ctx.opened:
                 await flush(ctx.buffer.drain())
                 log.info("rebalance: flushed %d pending events before the revocation", pending)
-            await behind.drain()  # the previous flush's acks, too
+            await drain_flushes()  # the previous flushes' acks, too
         except Exception as exc:  # as a crash: un-acked records go to the next owner
             log.exception("rebalance: flushing open windows failed; stopping the worker")
             await app.crash(exc)  # Faust would otherwise wait for their acks forever
@@ -217,11 +157,6 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         value = dead_letter(raw_value, topic=topic, partition=partition, offset=offset, reason=reason, now_ms=now_ms())
         await dlq.send(key=None, value=value)
 
-    def apply(windows: list[UserWindow[Any]], stamp_ms: int) -> tuple[Any, list[tuple[int, bytes, bytes]]]:
-        """On the store thread: the flush's transaction, then its changelog snapshot."""
-        assert ctx.processor is not None and ctx.store is not None
-        return ctx.processor.flush(windows, stamp_ms), collect(ctx.store, windows)
-
     async def flush(windows: list[UserWindow[Any]]) -> None:
         """Apply ``windows`` in transactions of at most ``windows.flush_users`` users."""
         step = s.windows.flush_users or len(windows) or 1
@@ -229,14 +164,23 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             await flush_part(windows[start:start + step])
 
     async def flush_part(windows: list[UserWindow[Any]]) -> None:
-        """Apply ``windows`` and send their recommendations; the changelog delivery and the
-        acks follow one flush behind (stream.lag), except while revoking or stopping."""
+        """Submit ``windows`` to the owner; their recommendations, changelog delivery and
+        acks follow (stream.lag), at once while revoking or stopping."""
         if not windows:
             return
         async with ctx.flush_lock:
-            loop = asyncio.get_running_loop()
             started = time.perf_counter()
-            result, snapshot = await loop.run_in_executor(ctx.executor, apply, windows, now_ms())
+            answer = ctx.owner.call(StoreState.apply, detached(windows), now_ms())  # queued in order
+            await applying.submit(sum(len(w.events) for w in windows), finish, windows, answer, started)
+            if ctx.stopping or ctx.revoking:
+                await drain_flushes()  # nothing left un-acked while Faust commits or stops
+
+    async def finish(windows: list[UserWindow[Any]], answer: asyncio.Future, started: float) -> None:
+        """A flush's first half, once the owner applied it: the recommendations sent."""
+        try:
+            applied: Applied = await answer
+            ctx.applied_offsets = applied.applied_offsets
+            result = applied.result
             # Recommendations first: they need no changelog round trip (a crash before the acks
             # replays the events, already-applied ones as duplicates, and re-sends them).
             original = {w.user_id: w.handles[0].message.key for w in windows if w.handles}  # pseudonym -> id
@@ -247,10 +191,12 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
                 rec["user_id"] = key.decode()
                 records.append((None, key, orjson.dumps(rec)))
             log_failures(await send_batched(app, s.topics.recommendations, records), "recommendations")
-            ctx.metrics.observe_events(time.time(), (h.message.timestamp for w in windows if w.user_id in recommended for h in w.handles))
-            await behind.submit(settle, windows, result, snapshot, started)
-            if ctx.stopping or ctx.revoking:
-                await behind.drain()  # nothing left un-acked while Faust commits or stops
+        except Exception as exc:  # as a crash: the un-acked records go to the next owner
+            log.exception("flush: applying the windows failed; stopping the worker")
+            await app.crash(exc)
+            return
+        ctx.metrics.observe_events(time.time(), (h.message.timestamp for w in windows if w.user_id in recommended for h in w.handles))
+        await behind.submit(settle, windows, result, applied.snapshot, started)
 
     async def settle(windows: list[UserWindow[Any]], result: Any, snapshot: list[tuple[int, bytes, bytes]], started: float) -> None:
         """A flush's second half: changelog delivered, dead letters sent, then the acks."""
@@ -280,9 +226,12 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         No consumer group: each worker reads the whole catalogue. The event agent waits on
         ``ctx.ready``, set once the topic's end offsets at start-up have been consumed.
         """
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(ctx.executor, ctx.open)
-        changelog.open(ctx.store)
+        opened = await ctx.owner.call(StoreState.open)
+        ctx.catalogue_items, ctx.applied_offsets = opened.items, opened.applied_offsets
+        ctx.opened = True
+        changelog.open()
+        log.info("store owner: %s; encoder %s", "a child process" if ctx.owner.in_process else "a thread",
+                 opened.providers)
         consumer = AIOKafkaConsumer(**aiokafka_config(s.broker), group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:
@@ -305,20 +254,22 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
                         except InvalidItem as exc:
                             await send_dead_letter(m.value, tp.topic, tp.partition, m.offset, str(exc))
                 if valid:
-                    changed = await loop.run_in_executor(ctx.executor, ctx.upsert_items, list(valid.values()))
+                    changed, ctx.catalogue_items = await ctx.owner.call(StoreState.upsert_items, list(valid.values()))
                     ctx.stats["items.encoded"] += changed
-                    log.info("catalogue: %d items received, %d encoded, %d in catalogue", len(valid), changed, len(ctx.catalogue or ()))
+                    log.info("catalogue: %d items received, %d encoded, %d in catalogue", len(valid), changed, ctx.catalogue_items)
                 if not ctx.ready.is_set() and await _caught_up(consumer, tps):
-                    await loop.run_in_executor(ctx.executor, ctx.rebuild_signals)
+                    await ctx.owner.call(StoreState.rebuild_signals)
                     # Start-up's objects (modules, Faust, the catalogue: ~115k on ml-100k) never die;
                     # frozen, full collections stop re-scanning them. They were pauses of ~37 ms,
                     # 18 in a 30 s run at 1,127 events/s (BENCHMARKS.md).
+                    await ctx.owner.call(StoreState.freeze_heap)
                     ctx.metrics.freeze_heap()
                     ctx.ready.set()
-                    log.info("catalogue ready: %d items", len(ctx.catalogue or ()))
+                    log.info("catalogue ready: %d items", ctx.catalogue_items)
         finally:
             await consumer.stop()
             await changelog.stop()
+            await ctx.owner.aclose()
 
     async def control(fevent: Any) -> None:
         """Run one control command; everything consumed before it is applied first."""
@@ -329,11 +280,9 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             await send_dead_letter(fevent.value, m.topic, m.partition, m.offset, str(exc))
             return
         await flush(ctx.buffer.drain())
-        assert ctx.store is not None
         async with ctx.flush_lock:
-            await behind.drain()  # the user's last profile is in the changelog before its tombstone
-            loop = asyncio.get_running_loop()
-            erased = await loop.run_in_executor(ctx.executor, ctx.store.forget_user, pseudonyms.store_id(command.user_id))
+            await drain_flushes()  # the user's last profile is in the changelog before its tombstone
+            erased = await ctx.owner.call(StoreState.forget_user, pseudonyms.store_id(command.user_id))
         try:
             topics = await publish_tombstones(s, command.user_id, m.partition)
         except Exception as exc:  # noqa: BLE001 - the erasure stands; the agent must not die
@@ -407,7 +356,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         """Graceful shutdown: flush every open window now; later batches flush at once too."""
         ctx.stopping = True
         await flush(ctx.buffer.drain())
-        await behind.drain()
+        await drain_flushes()
 
     ctx.close_all_windows = close_all_windows
     if s.web_port > 0:
@@ -427,19 +376,6 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             log.info("stats: %s pending=%d", dict(sorted(ctx.stats.items())), ctx.buffer.pending)
 
     return app, ctx
-
-
-def _made_by_another_model(encoder: Any, stored: list[ItemRecord], sample: int = 8) -> bool:
-    """True when the stored item vectors are not what ``encoder`` makes of their texts (the
-    worker was restarted with another or a re-tuned model): checked on a few items."""
-    probe = stored[:: max(1, len(stored) // sample)][:sample]
-    if not probe:
-        return False
-    if any(item.vector.shape != (encoder.dim,) for item in probe):
-        return True
-    messages = [ItemMessage(item.item_id, item.title, None, {}, split_stored_attributes(item.attributes)[1]) for item in probe]
-    fresh = item_vectors(encoder, messages, [item.text for item in probe])
-    return not np.allclose(fresh, np.stack([item.vector for item in probe]), atol=1e-4)
 
 
 async def _caught_up(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
@@ -477,11 +413,12 @@ def _unread(consumer: Any, read_to: dict[Any, int]) -> int:
 
 
 def _raw_of(windows: list[UserWindow[Any]], event: Any) -> bytes | None:
-    """The raw Kafka value of a buffered event (for its dead letter)."""
+    """The raw Kafka value of a buffered event (for its dead letter); found by its source and
+    offset, as the owner's answer holds a copy of it (stream.owner)."""
     for window in windows:
         if window.user_id == event.user_id:
             for candidate, handle in zip(window.events, window.handles):
-                if candidate is event:
+                if candidate.offset == event.offset and candidate.source == event.source:
                     return handle.value
     return None
 

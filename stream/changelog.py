@@ -40,7 +40,7 @@ from store import LmdbStore, ProfileRecord, decode_changelog, encode_changelog
 from stream.produce import send_batched
 from stream.windows import UserWindow
 
-__all__ = ["Changelog", "RestoreStats", "advance_positions", "collect", "holds_more", "merge"]
+__all__ = ["Changelog", "RestoreStats", "advance_positions", "collect", "holds_more", "merge", "stored_positions"]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def partition_of(window: UserWindow[Any]) -> int:
 def collect(store: LmdbStore, windows: list[UserWindow[Any]]) -> list[tuple[int, bytes, bytes]]:
     """``(partition, key, value)`` changelog records for the users of ``windows``, as stored now.
 
-    Call right after the flush committed, on the store's thread in the same job, so that the
+    Call right after the flush committed, in the store's owner in the same job, so that the
     snapshot is that flush's state. Users whose events were all duplicates are sent too: after a crash
     between an LMDB commit and the changelog delivery, the redelivered events find the
     profile already applied locally, and this re-send is what brings the changelog level.
@@ -98,8 +98,8 @@ def merge(
     The local profile is kept when it holds everything the changelog record holds (a worker
     that committed locally but crashed before the changelog delivery); otherwise the
     changelog record replaces it. Seen sets are unioned. ``positions`` (partition → next
-    offset to read of changelog ``topic``) are stored in the same transaction. Runs on the
-    store's writer thread.
+    offset to read of changelog ``topic``) are stored in the same transaction. Runs in the
+    store's owner (stream.owner), the only writer.
     """
     stats = RestoreStats(records=len(records))
     with store.write() as txn:
@@ -120,6 +120,12 @@ def merge(
     return stats
 
 
+def stored_positions(store: LmdbStore, topic: str) -> dict[int, int]:
+    """Partition → next offset to read of changelog ``topic``, as stored."""
+    with store.read() as txn:
+        return {p: offset for (t, p), offset in txn.get_offsets().items() if t == topic}
+
+
 def advance_positions(store: LmdbStore, topic: str, positions: dict[int, int]) -> None:
     """Raise the stored restore positions of ``topic`` to ``positions`` (never lowers them)."""
     with store.write() as txn:
@@ -134,14 +140,15 @@ class Changelog:
 
     :param topic: the Faust topic of the changelog (raw bytes key and value).
     :param inputs: the input topic names, to pick input partitions out of an assignment.
-    :param run: runs a blocking function on the store's single writer thread (awaitable).
+    :param run: ``run(fn, *args)`` awaits ``fn(store, *args)`` run by the store's single owner
+        (stream.owner), the worker's only writer.
     :param checkpoint_s: how often :meth:`publish` stores the positions after this worker's
         own delivered records (one small extra LMDB commit).
-    Call :meth:`open` once the worker opened its store; restores wait for it.
+    Call :meth:`open` once the owner opened the store; restores wait for it.
     """
 
     def __init__(self, topic: Any, inputs: Iterable[str], client_config: dict[str, Any], run: Any, checkpoint_s: float = 5.0) -> None:
-        self.store: LmdbStore | None = None
+        self.opened = False
         self.topic = topic
         self.name = topic.get_topic_name()
         self.inputs = set(inputs)
@@ -169,12 +176,12 @@ class Changelog:
     async def checkpoint(self) -> None:
         """Store the positions after this worker's own delivered records (see the module doc)."""
         self._checkpointed = time.monotonic()
-        if self.store is not None and self._delivered:
-            await self.run(advance_positions, self.store, self.name, dict(self._delivered))
+        if self.opened and self._delivered:
+            await self.run(advance_positions, self.name, dict(self._delivered))
 
-    def open(self, store: LmdbStore) -> None:
-        """Use ``store`` and start restoring the partitions assigned so far."""
-        self.store = store
+    def open(self) -> None:
+        """Start restoring the partitions assigned so far (the store is open now)."""
+        self.opened = True
         self._prefetch()
 
     def on_assigned(self, assigned: Iterable[Any]) -> None:
@@ -189,7 +196,7 @@ class Changelog:
         self._prefetch()
 
     def _prefetch(self) -> None:
-        if self.store is not None and self.assigned - self.restored:
+        if self.opened and self.assigned - self.restored:
             task = asyncio.ensure_future(self.ensure(set(self.assigned)))
             task.add_done_callback(_log_failure)
 
@@ -206,7 +213,7 @@ class Changelog:
 
     async def standby(self) -> None:
         """One standby pass: catch up on the partitions this worker does not own."""
-        if self.store is None:
+        if not self.opened:
             return
         async with self._lock:
             if not self._partitions:
@@ -221,13 +228,12 @@ class Changelog:
 
     async def restore(self, partitions: set[int], standby: bool = False) -> RestoreStats:
         """Read the changelog ``partitions`` from the stored positions to their ends and merge them."""
-        if self.store is None:
+        if not self.opened:
             raise RuntimeError("changelog restore before the store was opened")
         started = time.monotonic()
-        with self.store.read() as txn:
-            start = {p: offset for (topic, p), offset in txn.get_offsets().items() if topic == self.name}
+        start = await self.run(stored_positions, self.name)
         records, positions = await asyncio.wait_for(self._read(partitions, start), RESTORE_TIMEOUT_S)
-        stats = await self.run(merge, self.store, records, self.name, positions)
+        stats = await self.run(merge, records, self.name, positions)
         log.log(logging.DEBUG if standby else logging.INFO,
                 "%s %s partitions %s: %d users, %d taken, %d kept, %d deleted in %.2f s",
                 "standby" if standby else "restored", self.name, sorted(partitions), stats.records, stats.taken,

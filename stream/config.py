@@ -170,6 +170,10 @@ class StoreSettings(_Section):
     #: the last records. Costs disk and writes for every profile on every worker.
     standby: bool = False
     standby_interval_s: float = Field(1.0, gt=0)
+    #: Where the store's single writer (with the encoder and the flush's maths) runs: a child
+    #: process beside the event loop, or a thread that shares the interpreter lock with it
+    #: (one process, less memory, slower under a backlog: see stream.owner).
+    owner: Literal["process", "thread"] = "process"
 
 
 class WindowSettings(_Section):

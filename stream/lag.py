@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ["OneBehind"]
+__all__ = ["InOrder", "OneBehind"]
 
 
 class OneBehind:
@@ -43,3 +43,48 @@ class OneBehind:
     @property
     def busy(self) -> bool:
         return self._running is not None and not self._running.done()
+
+
+class InOrder:
+    """Runs submitted coroutines one after another, in submission order, without making the
+    submitter wait, while their total ``size`` stays within ``limit``.
+
+    The flush's first stage: the agent submits a flush's windows to the store's owner and
+    goes on consuming (the next catch-up slice) while the owner applies them, so the two
+    processes work side by side. ``limit`` (events) bounds what is applied but not yet
+    settled; a submit beyond it waits.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._last: asyncio.Task | None = None
+        self._size = 0
+        self._room = asyncio.Condition()
+
+    async def submit(self, size: int, work: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        """Start ``work(*args)`` once the earlier ones are done; return as soon as ``size``
+        fits in the limit (at once when nothing is in flight)."""
+        async with self._room:
+            await self._room.wait_for(lambda: self._size == 0 or self._size + size <= self.limit)
+            self._size += size
+        previous = self._last
+
+        async def run() -> None:
+            try:
+                if previous is not None:
+                    await previous  # raises what it raised: the stage stops there
+                await work(*args)
+            finally:
+                async with self._room:
+                    self._size -= size
+                    self._room.notify_all()
+
+        self._last = asyncio.ensure_future(run())
+
+    async def drain(self) -> None:
+        """Wait until everything submitted is done; re-raise the first failure."""
+        last = self._last
+        if last is not None:
+            await last
+            if self._last is last:
+                self._last = None

@@ -12,7 +12,7 @@ although Kafka delivers at least once:
 
 A crash before 2 leaves the records un-acked, so Kafka redelivers them; a crash after 2
 redelivers records whose offsets are already in ``applied``, and they are skipped.
-Must run on one thread per store (LMDB's single writer); the worker uses one executor thread.
+Must run on one thread per store (LMDB's single writer): the worker's store owner (stream.owner).
 """
 
 from __future__ import annotations

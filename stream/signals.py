@@ -18,7 +18,7 @@ dense float32 matrix while the catalogue has at most ``max_items`` items (4,096:
 past that it is kept sparse (:class:`SparseCounts`: 12 bytes per distinct pair, which the
 users' windows bound), with the same counts and the same scores up to float rounding.
 Entries whose item is not in the catalogue (a query sent as an event) count in neither.
-Not thread-safe: the worker changes and reads it on its store thread only.
+Not thread-safe: the worker changes and reads it in its store owner only (stream.owner).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "WorkerMetrics"]
+__all__ = ["CONTENT_TYPE", "ObservationLog", "WorkerMetrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -105,7 +105,7 @@ class WorkerMetrics:
         self.gc_seconds = Histogram("recstream_gc_pause_seconds", "Python garbage-collection pauses (every thread "
                                     "waits), by generation; after watch_gc().", ["generation"],
                                     buckets=_LATENCY_BUCKETS, registry=r)
-        self._gc_started: float | None = None
+        self._gc = _GcTimer(lambda generation, seconds: self.gc_seconds.labels(str(generation)).observe(seconds))
         self.event_seconds = Histogram(
             "recstream_event_to_recommendation_seconds", "Per event: from its Kafka record timestamp (the "
             "producer's clock, or the broker's with LogAppendTime) to the send of the recommendation that "
@@ -137,19 +137,10 @@ class WorkerMetrics:
     def watch_gc(self) -> None:
         """Time every garbage collection from now on (``recstream_gc_pause_seconds``); a
         full collection stops every thread, so its pauses show up in latency tails."""
-        if self._on_gc not in gc.callbacks:
-            gc.callbacks.append(self._on_gc)
+        self._gc.watch()
 
     def unwatch_gc(self) -> None:
-        if self._on_gc in gc.callbacks:
-            gc.callbacks.remove(self._on_gc)
-
-    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._gc_started = time.perf_counter()
-        elif self._gc_started is not None:
-            self.gc_seconds.labels(str(info["generation"])).observe(time.perf_counter() - self._gc_started)
-            self._gc_started = None
+        self._gc.unwatch()
 
     def last_flush_age_s(self) -> float | None:
         """Seconds since the last committed flush, None before the first."""
@@ -176,6 +167,21 @@ class WorkerMetrics:
     def observe_commit(self, seconds: float) -> None:
         self.commit_seconds.observe(seconds)
 
+    def observe_encoder(self, seconds: float, texts: int) -> None:
+        self.encoder_seconds.observe(seconds)
+        self.encoder_texts.observe(texts)
+
+    def replay(self, observations: Iterable[tuple[Any, ...]]) -> None:
+        """Observe what an :class:`ObservationLog` recorded in the store's child process."""
+        for kind, *values in observations:
+            if kind == "commit":
+                self.observe_commit(*values)
+            elif kind == "encoder":
+                self.observe_encoder(*values)
+            else:
+                generation, seconds = values
+                self.gc_seconds.labels(str(generation)).observe(seconds)
+
     def timed_encoder(self, encoder: Any) -> "_TimedEncoder":
         """Wrap ``encoder`` so each ``encode`` call is observed; put it under the cache."""
         return _TimedEncoder(encoder, self)
@@ -188,18 +194,65 @@ def _or_unset(value: float | None) -> float:
     return -1.0 if value is None else value
 
 
+class ObservationLog:
+    """The store owner's metric hooks in a child process: observations are kept as tuples
+    and :meth:`take`-n with each answer, for :meth:`WorkerMetrics.replay` in the worker."""
+
+    def __init__(self) -> None:
+        self._seen: list[tuple[Any, ...]] = []
+        self._gc = _GcTimer(lambda generation, seconds: self._seen.append(("gc", generation, seconds)))
+
+    def observe_commit(self, seconds: float) -> None:
+        self._seen.append(("commit", seconds))
+
+    def observe_encoder(self, seconds: float, texts: int) -> None:
+        self._seen.append(("encoder", seconds, texts))
+
+    def watch_gc(self) -> None:
+        self._gc.watch()
+
+    def timed_encoder(self, encoder: Any) -> "_TimedEncoder":
+        return _TimedEncoder(encoder, self)
+
+    def take(self) -> list[tuple[Any, ...]]:
+        seen, self._seen = self._seen, []
+        return seen
+
+
+class _GcTimer:
+    """Calls ``observe(generation, seconds)`` after every garbage collection once watching."""
+
+    def __init__(self, observe: Callable[[int, float], None]) -> None:
+        self._observe = observe
+        self._started: float | None = None
+
+    def watch(self) -> None:
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def unwatch(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            self._observe(info["generation"], time.perf_counter() - self._started)
+            self._started = None
+
+
 class _TimedEncoder:
     """Forwards to an encoder, timing ``encode``; every other attribute passes through."""
 
-    def __init__(self, inner: Any, metrics: WorkerMetrics) -> None:
+    def __init__(self, inner: Any, metrics: WorkerMetrics | ObservationLog) -> None:
         self._inner = inner
         self._metrics = metrics
 
     def encode(self, texts: list[str]) -> np.ndarray:
         started = time.perf_counter()
         out = self._inner.encode(texts)
-        self._metrics.encoder_seconds.observe(time.perf_counter() - started)
-        self._metrics.encoder_texts.observe(len(texts))
+        self._metrics.observe_encoder(time.perf_counter() - started, len(texts))
         return out
 
     def __getattr__(self, name: str) -> Any:

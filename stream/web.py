@@ -18,9 +18,9 @@ only topics the worker produces to, so it cannot route by an input topic. A forw
 carries ``X-Recstream-Routed`` and is never forwarded twice; the owner answers 404 when it
 does not know the user. During a rebalance (no owner known) the answer is 503.
 
-Reads use LMDB read transactions (snapshots: they never block the writer). They run on the
-worker's store thread because the in-memory catalogue is only consistent there, so a request
-waits for at most the flush in progress.
+Reads use LMDB read transactions (snapshots: they never block the writer). They run in the
+store's owner (stream.owner) because the in-memory catalogue is only consistent there, so a
+request waits for at most the flushes already submitted.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from stream.telemetry import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from stream.app import WorkerContext
+    from stream.owner import StoreState
 
 __all__ = ["BrokerProbe", "health", "register_views"]
 
@@ -120,7 +121,7 @@ async def health(app: faust.App, ctx: WorkerContext, probe: BrokerProbe) -> tupl
         "status": status,
         "broker": {"reachable": reachable, "error": error},
         "consumer": {"assigned_partitions": assigned, "rebalancing": bool(app.rebalancing)},
-        "catalogue": {"ready": ready, "items": len(ctx.catalogue or ())},
+        "catalogue": {"ready": ready, "items": ctx.catalogue_items},
         "pending_events": ctx.buffer.pending,
         "last_flush_age_s": ctx.metrics.last_flush_age_s(),
     }
@@ -130,19 +131,18 @@ async def health(app: faust.App, ctx: WorkerContext, probe: BrokerProbe) -> tupl
 def consumer_lag(app: faust.App, ctx: WorkerContext) -> list[tuple[str, int, int]]:
     """(topic, partition, lag) per assigned input partition: high-water − (applied + 1).
 
-    The applied offset is the store's (committed with the profiles); a partition with
-    nothing applied yet counts from offset 0. Partitions without a fetched high-water mark
-    yet are left out.
+    The applied offset is the store's (committed with the profiles, as of the last flush); a
+    partition with nothing applied yet counts from offset 0. Partitions without a fetched
+    high-water mark yet are left out.
     """
-    if ctx.store is None:
+    if not ctx.opened:
         return []
     try:
         assignment = app.consumer.assignment()
     except Exception:
         return []
     inputs = set(ctx.settings.topics.inputs.values())
-    with ctx.store.read() as txn:
-        applied = txn.get_offsets()
+    applied = ctx.applied_offsets
     out = []
     for tp in sorted(assignment):
         if tp.topic not in inputs:
@@ -169,10 +169,11 @@ def owner_url(app: faust.App, topic: str, user_id: str) -> URL | None:
     return URL(owners[DefaultPartitioner()(user_id.encode(), partitions, partitions)])
 
 
-def profile_of(ctx: WorkerContext, user_id: str) -> dict[str, Any] | None:
-    """The user's profile summary, as ``recstream profile --json`` prints it; None if unknown."""
-    assert ctx.store is not None and ctx.catalogue is not None
-    with ctx.store.read() as txn:
+def profile_of(state: StoreState, user_id: str) -> dict[str, Any] | None:
+    """The user's profile summary, as ``recstream profile --json`` prints it; None if unknown.
+    Runs with the store's owner (stream.owner), like the next one."""
+    assert state.store is not None and state.catalogue is not None
+    with state.store.read() as txn:
         rec = txn.get_profile(user_id)
         if rec is None:
             return None
@@ -181,21 +182,21 @@ def profile_of(ctx: WorkerContext, user_id: str) -> dict[str, Any] | None:
             item = txn.get_item(item_id)
             return item.title if item is not None else item_id
 
-        return summarise_profile(ctx.settings, rec, ctx.catalogue.ids, ctx.catalogue.matrix, title_of)
+        return summarise_profile(state.settings, rec, state.catalogue.ids, state.catalogue.matrix, title_of)
 
 
-def recommendations_for(ctx: WorkerContext, user_id: str) -> dict[str, Any] | None:
+def recommendations_for(state: StoreState, user_id: str) -> dict[str, Any] | None:
     """Top-K for the user's stored profile by the flush's own scoring; None if unknown.
 
     The same record a flush would emit now (seen items excluded per ``ranking.exclude_seen``).
     """
-    assert ctx.store is not None and ctx.processor is not None
-    with ctx.store.read() as txn:
+    assert state.store is not None and state.processor is not None
+    with state.store.read() as txn:
         rec = txn.get_profile(user_id)
         seen = txn.get_seen(user_id) if rec is not None else set()
     if rec is None:
         return None
-    out = ctx.processor.recommend([rec], {user_id: seen})
+    out = state.processor.recommend([rec], {user_id: seen})
     return out[0] if out else {"user_id": user_id, "ts": rec.last_ts_ms, "items": [],
                                "event_count": rec.event_count, "profile_version": rec.version}
 
@@ -210,9 +211,6 @@ def register_views(app: faust.App, ctx: WorkerContext) -> None:
     route_topic = next(iter(ctx.settings.topics.inputs.values()))  # inputs are co-partitioned
     ctx.metrics.lag = lambda: consumer_lag(app, ctx)
 
-    async def on_store_thread(fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(ctx.executor, fn, ctx, *args)
-
     async def routed(view: View, request: Request, user_id: str, local: Any) -> Response:
         """Answer locally when this worker owns the user, else forward to the owner."""
         if not ctx.ready.is_set():
@@ -226,7 +224,7 @@ def register_views(app: faust.App, ctx: WorkerContext) -> None:
                 return view.json({"error": "partition owner unknown (rebalancing?)"}, status=503)
             if not _same_node(owner, URL(str(app.conf.canonical_url))):
                 return await forward(view, request, owner)
-        body = await on_store_thread(local, user_id)
+        body = await ctx.owner.call(local, user_id)
         if body is None:
             return view.json({"error": f"unknown user {user_id!r}"}, status=404)
         return view.json(body)

@@ -32,7 +32,7 @@ class Worker(faust.Worker):
 
     async def on_stop(self) -> None:
         # mode's Service.stop runs on_stop before stopping children (the app, its agents).
-        if self.ctx.close_all_windows is not None and self.ctx.processor is not None:
+        if self.ctx.close_all_windows is not None and self.ctx.opened:
             pending = self.ctx.buffer.pending
             try:
                 await self.ctx.close_all_windows()

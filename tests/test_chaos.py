@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -157,3 +158,45 @@ def test_broker_frozen_for_20_s_mid_stream_worker_rides_it_out(ml100k_dir, tmp_p
         if proc is not None:
             stop(proc)
         broker.stop()
+
+
+def test_a_sigkilled_worker_takes_its_store_owner_process_with_it(settings, topics_with_items, tmp_path):
+    """The store's owner is a child process (stream.owner); it must not outlive the worker
+    and go on writing beside the worker's successor."""
+    log = tmp_path / "worker.log"
+    proc = start_worker(settings, settings.store.path, log, f"orphan-{uuid.uuid4().hex[:8]}")
+    try:
+        wait_for(lambda: logged(log, "catalogue ready"), "catalogue", [log], 240, [proc])
+        children = _descendants(proc.pid)
+        assert children, "no store owner process"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while _alive(children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(children), f"still running after the worker died: {_alive(children)}"
+    finally:
+        stop(proc)
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").iterdir():
+            children = [int(c) for c in (task / "children").read_text().split()]
+            out += children
+            todo += children
+    return out
+
+
+def _alive(pids: list[int]) -> list[int]:
+    """Those of ``pids`` still running (zombies count as gone: they run nothing)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive

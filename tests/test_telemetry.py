@@ -141,8 +141,7 @@ def test_the_grafana_dashboard_queries_only_metrics_the_worker_exports():
     from stream.app import WorkerContext
     from stream.config import load_settings
 
-    context = WorkerContext(load_settings())  # the worker's own metrics and gauges, not opened
-    context.executor.shutdown()
+    context = WorkerContext(load_settings(None, store={"owner": "thread"}))  # its metrics and gauges, not opened
     context.stats.update({"consumed.view": 1, "dlq.malformed_JSON": 1})
     metrics = context.metrics
     metrics.lag = lambda: [("t.views", 0, 1)]

@@ -232,8 +232,11 @@ def test_an_adapter_without_facts_still_loads_and_adapts(tuned, tmp_path):
 def test_the_worker_stores_facts_and_re_encodes_an_item_when_only_its_facts_change(tuned, ml_slice, tmp_path):
     """Facts are part of a tuned item vector: the worker keeps them in the item record, re-encodes
     on a facts-only change, and on restart recognises its stored vectors as this model's."""
-    from stream.app import WorkerContext
+    from collections import Counter
+
     from stream.catalog import FACTS_KEY
+    from stream.owner import StoreState
+    from stream.telemetry import WorkerMetrics
 
     _, _, items = ml_slice
     _, out = tuned
@@ -241,27 +244,25 @@ def test_the_worker_stores_facts_and_re_encodes_an_item_when_only_its_facts_chan
                              store={"path": tmp_path / "store.lmdb"})
     adapter = Adapter.load(out)
     with_facts = [i for i in items if adapter.fact_part(i.facts) is not None][:3]
-    ctx = WorkerContext(settings)
+    ctx = StoreState(settings, WorkerMetrics(Counter()))
     ctx.open()
-    assert ctx.upsert_items(with_facts) == 3 and ctx.upsert_items(with_facts) == 0
+    assert ctx.upsert_items(with_facts)[0] == 3 and ctx.upsert_items(with_facts)[0] == 0
     item = with_facts[0]
     with ctx.store.read() as txn:
         record = txn.get_item(item.item_id)
     assert record.attributes[FACTS_KEY] == item.facts and item_text(item) == record.text
     assert FACTS_KEY not in ctx.catalogue.attributes[ctx.catalogue.index[item.item_id]]
     before = ctx.catalogue.matrix[ctx.catalogue.index[item.item_id]].copy()
-    assert ctx.upsert_items([replace(item, facts={})]) == 1  # same text, other facts
+    assert ctx.upsert_items([replace(item, facts={})])[0] == 1  # same text, other facts
     after = ctx.catalogue.matrix[ctx.catalogue.index[item.item_id]]
     np.testing.assert_allclose(before - after, adapter.fact_part(item.facts), atol=1e-5)
     ctx.upsert_items([item])
-    ctx.store.close()
-    ctx.encoder.cache.close()
-    again = WorkerContext(settings)
+    ctx.close()
+    again = StoreState(settings, WorkerMetrics(Counter()))
     again.open()
     assert not again.stale_items  # the stored vectors (facts included) are this model's
     np.testing.assert_allclose(again.catalogue.matrix[again.catalogue.index[item.item_id]], before, atol=1e-6)
-    again.store.close()
-    again.encoder.cache.close()
+    again.close()
 
 
 def _random_adapter(rng, heads: int, positions: int = 5, dim: int = 4, hidden: int = 6) -> Adapter:
