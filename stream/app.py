@@ -230,8 +230,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         ctx.catalogue_items, ctx.applied_offsets = opened.items, opened.applied_offsets
         ctx.opened = True
         changelog.open()
-        log.info("store owner: %s; encoder %s", "a child process" if ctx.owner.in_process else "a thread",
-                 opened.providers)
+        log.info("store owner: %s", "a child process" if ctx.owner.in_process else "a thread")
         consumer = AIOKafkaConsumer(**aiokafka_config(s.broker), group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:

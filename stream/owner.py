@@ -57,7 +57,6 @@ class Opened:
     """What :meth:`StoreState.open` found: for the worker's log, gauges and lag."""
 
     items: int
-    providers: Any
     applied_offsets: dict[tuple[str, int], int]
 
 
@@ -112,7 +111,7 @@ class StoreState:
         self.processor = Processor(s, self.store, self.catalogue, self.encoder)
         self.processor.follow_store()  # rebuilt from the store once the catalogue is in: rebuild_signals
         log.info("worker opened store %s with %d items, encoder %s", s.store.path, len(self.catalogue), encoder.providers)
-        return Opened(len(self.catalogue), encoder.providers, self.applied_offsets())
+        return Opened(len(self.catalogue), self.applied_offsets())
 
     def rebuild_signals(self) -> None:
         """Recompute the hybrid's signals from the stored histories, once the catalogue
