@@ -105,7 +105,7 @@ class WorkerMetrics:
         self.gc_seconds = Histogram("recstream_gc_pause_seconds", "Python garbage-collection pauses (every thread "
                                     "waits), by generation; after watch_gc().", ["generation"],
                                     buckets=_LATENCY_BUCKETS, registry=r)
-        self._gc = _GcTimer(lambda generation, seconds: self.gc_seconds.labels(str(generation)).observe(seconds))
+        self._gc = _GcTimer(self.observe_gc)
         self.event_seconds = Histogram(
             "recstream_event_to_recommendation_seconds", "Per event: from its Kafka record timestamp (the "
             "producer's clock, or the broker's with LogAppendTime) to the send of the recommendation that "
@@ -171,16 +171,14 @@ class WorkerMetrics:
         self.encoder_seconds.observe(seconds)
         self.encoder_texts.observe(texts)
 
+    def observe_gc(self, generation: int, seconds: float) -> None:
+        self.gc_seconds.labels(str(generation)).observe(seconds)
+
     def replay(self, observations: Iterable[tuple[Any, ...]]) -> None:
-        """Observe what an :class:`ObservationLog` recorded in the store's child process."""
+        """Observe what an :class:`ObservationLog` recorded in the store's child process:
+        each is ``(kind, *values)`` for ``observe_<kind>(*values)``."""
         for kind, *values in observations:
-            if kind == "commit":
-                self.observe_commit(*values)
-            elif kind == "encoder":
-                self.observe_encoder(*values)
-            else:
-                generation, seconds = values
-                self.gc_seconds.labels(str(generation)).observe(seconds)
+            getattr(self, f"observe_{kind}")(*values)
 
     def timed_encoder(self, encoder: Any) -> "_TimedEncoder":
         """Wrap ``encoder`` so each ``encode`` call is observed; put it under the cache."""
@@ -200,7 +198,10 @@ class ObservationLog:
 
     def __init__(self) -> None:
         self._seen: list[tuple[Any, ...]] = []
-        self._gc = _GcTimer(lambda generation, seconds: self._seen.append(("gc", generation, seconds)))
+        self._gc = _GcTimer(self.observe_gc)
+
+    def observe_gc(self, generation: int, seconds: float) -> None:
+        self._seen.append(("gc", generation, seconds))
 
     def observe_commit(self, seconds: float) -> None:
         self._seen.append(("commit", seconds))
