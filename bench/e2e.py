@@ -53,7 +53,7 @@ from stream.config import Settings, load_settings
 from stream.demo import _Tracker, _wait_for_log
 
 __all__ = ["LATENCY_FLUSH", "WorkerProcess", "process_cpu_s", "process_memory", "process_tree", "run", "run_latency",
-           "synthetic_events", "tree_memory"]
+           "synthetic_events", "tree_cpu_s", "tree_memory"]
 
 #: Flush settings for the latency phase (environment overrides of ``windows``/``broker``):
 #: 100 ms event-time windows, batches waited on for at most 20 ms, fetches parked 20 ms.
@@ -116,6 +116,15 @@ def tree_memory(pid: int) -> dict[str, int]:
     return total
 
 
+def tree_cpu_s(pid: int) -> float:
+    """:func:`process_cpu_s` summed over :func:`process_tree`."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += process_cpu_s(member)
+    return total
+
+
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of ``pid`` so far (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -156,12 +165,8 @@ class WorkerProcess:
         return tree_memory(self.proc.pid)
 
     def cpu_s(self) -> float:
-        """Of the whole worker, child processes included."""
-        total = 0.0
-        for member in process_tree(self.proc.pid):
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                total += process_cpu_s(member)
-        return total
+        """Of the whole worker, child processes included (:func:`tree_cpu_s`)."""
+        return tree_cpu_s(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

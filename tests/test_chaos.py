@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.e2e import process_tree
 from stream import movielens
 from stream.broker import EmbeddedBroker, free_port
 from stream.config import load_settings
@@ -167,7 +168,7 @@ def test_a_sigkilled_worker_takes_its_store_owner_process_with_it(settings, topi
     proc = start_worker(settings, settings.store.path, log, f"orphan-{uuid.uuid4().hex[:8]}")
     try:
         wait_for(lambda: logged(log, "catalogue ready"), "catalogue", [log], 240, [proc])
-        children = _descendants(proc.pid)
+        children = process_tree(proc.pid)[1:]
         assert children, "no store owner process"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -177,16 +178,6 @@ def test_a_sigkilled_worker_takes_its_store_owner_process_with_it(settings, topi
         assert not _alive(children), f"still running after the worker died: {_alive(children)}"
     finally:
         stop(proc)
-
-
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        for task in Path(f"/proc/{todo.pop()}/task").iterdir():
-            children = [int(c) for c in (task / "children").read_text().split()]
-            out += children
-            todo += children
-    return out
 
 
 def _alive(pids: list[int]) -> list[int]:
