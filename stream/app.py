@@ -170,7 +170,9 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             return
         async with ctx.flush_lock:
             started = time.perf_counter()
-            answer = ctx.owner.call(StoreState.apply, detached(windows), now_ms())  # queued in order
+            # pseudonymised store ids need the input's keys back for the output (stream.owner.Applied)
+            keys = {w.user_id: w.handles[0].message.key for w in windows if w.handles} if pseudonyms.enabled else None
+            answer = ctx.owner.call(StoreState.apply, detached(windows), now_ms(), keys)  # queued in order
             await applying.submit(sum(len(w.events) for w in windows), finish, windows, answer, started)
             if ctx.stopping or ctx.revoking:
                 await drain_flushes()  # nothing left un-acked while Faust commits or stops
@@ -183,19 +185,15 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             result = applied.result
             # Recommendations first: they need no changelog round trip (a crash before the acks
             # replays the events, already-applied ones as duplicates, and re-sends them).
-            original = {w.user_id: w.handles[0].message.key for w in windows if w.handles}  # pseudonym -> id
-            recommended = {rec["user_id"] for rec in result.recommendations}
-            records = []
-            for rec in result.recommendations:
-                key = original.get(rec["user_id"]) or rec["user_id"].encode()
-                rec["user_id"] = key.decode()
-                records.append((None, key, orjson.dumps(rec)))
+            records = [(None, key, value) for key, value in applied.records]
             log_failures(await send_batched(app, s.topics.recommendations, records), "recommendations")
         except Exception as exc:  # as a crash: the un-acked records go to the next owner
             log.exception("flush: applying the windows failed; stopping the worker")
             await app.crash(exc)
             return
+        recommended = set(applied.recommended)
         ctx.metrics.observe_events(time.time(), (h.message.timestamp for w in windows if w.user_id in recommended for h in w.handles))
+        ctx.stats["recommendations"] += len(records)
         await behind.submit(settle, windows, result, applied.snapshot, started)
 
     async def settle(windows: list[UserWindow[Any]], result: Any, snapshot: list[tuple[int, bytes, bytes]], started: float) -> None:
@@ -214,7 +212,6 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             return
         ctx.stats["events.applied"] += result.applied
         ctx.stats["events.duplicates"] += result.duplicates
-        ctx.stats["recommendations"] += len(result.recommendations)
         ctx.stats["flushes"] += 1
         ctx.metrics.observe_flush(time.perf_counter() - started, result.applied, len(windows))
         log.debug("flush: %d users, %d events in %.1f ms", result.users, result.applied, (time.perf_counter() - started) * 1e3)
@@ -293,6 +290,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
                  "profile erased" if erased else "nothing was stored", ", ".join(topics) or "no topic")
 
     control_topic = s.topics.control  # a computed property: read once, not per record
+    sources: dict[Any, str] = {}  # "topic:partition" per partition: one string object each, pickled once per window batch
     collector = SliceCollector()  # no automatic garbage collection while a slice fills (stream.heap)
 
     @app.agent(inputs)
@@ -313,9 +311,10 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
                     await stream.ack(fevent)
                     continue
                 kind = kind_of_topic[m.topic]
+                source = sources.get(m.tp) or sources.setdefault(m.tp, f"{m.topic}:{m.partition}")
                 try:
                     event = parse_event(
-                        fevent.value, key=m.key, kind=kind, source=f"{m.topic}:{m.partition}", offset=m.offset,
+                        fevent.value, key=m.key, kind=kind, source=source, offset=m.offset,
                         now_ms=received, limits=s.limits, windows=s.windows,
                     )
                 except InvalidEvent as exc:

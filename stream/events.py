@@ -41,6 +41,12 @@ class Event:
     value: float | None = None
     event_id: str | None = None
 
+    def __reduce__(self) -> tuple:
+        # As a plain tuple of fields: windows cross to the store's owner process (stream.owner)
+        # in batches of thousands, and dataclasses' slots pickling calls fields() per event.
+        return (Event, (self.user_id, self.item_id, self.ts_ms, self.kind, self.source, self.offset,
+                        self.text, self.value, self.event_id))
+
 
 def parse_ts_ms(ts: object) -> int:
     """Epoch milliseconds (int/float) or an RFC 3339 string → epoch ms."""

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+import orjson
 
 from store import ItemRecord, LmdbStore
 from stream.catalog import Catalogue, ItemMessage, item_text, item_vectors, split_stored_attributes, stored_attributes
@@ -62,10 +63,18 @@ class Opened:
 
 @dataclass(slots=True)
 class Applied:
-    """One flush's answer: the processor's result, its changelog snapshot and the store's
-    applied input offsets after it (the consumer-lag gauge)."""
+    """One flush's answer: the processor's result, its recommendations as output records,
+    its changelog snapshot and the store's applied input offsets after it (the consumer-lag
+    gauge).
+
+    The recommendations come serialised (``records``, ``result.recommendations`` left
+    empty): bytes cross the process boundary for a fraction of what thousands of nested
+    dicts cost to pickle and unpickle on the event loop's side.
+    """
 
     result: FlushResult
+    records: list[tuple[bytes, bytes]]  # (key, JSON value) per recommendation, for the output topic
+    recommended: list[str]  # the store ids of the users recommended, in ``records``' order
     snapshot: list[tuple[int, bytes, bytes]]
     applied_offsets: dict[tuple[str, int], int]
 
@@ -143,11 +152,23 @@ class StoreState:
             self.catalogue.upsert(item.item_id, vector, item.attributes, text)
         return len(changed), len(self.catalogue)
 
-    def apply(self, windows: list[UserWindow[Any]], stamp_ms: int) -> Applied:
-        """The flush's transaction, then its changelog snapshot, in one job."""
+    def apply(self, windows: list[UserWindow[Any]], stamp_ms: int, keys: dict[str, bytes] | None = None) -> Applied:
+        """The flush's transaction, then its changelog snapshot, in one job.
+
+        A recommendation's record is keyed, and names its user, by the input records' key:
+        ``keys`` maps store ids to it where they differ (pseudonyms, stream.privacy); else
+        it is the store id itself, as the events' validation guarantees.
+        """
         assert self.processor is not None and self.store is not None
         result = self.processor.flush(windows, stamp_ms)
-        return Applied(result, collect(self.store, windows), self.applied_offsets())
+        records, recommended = [], []
+        for rec in result.recommendations:
+            recommended.append(rec["user_id"])
+            key = (keys.get(rec["user_id"]) if keys else None) or rec["user_id"].encode()
+            rec["user_id"] = key.decode()
+            records.append((key, orjson.dumps(rec)))
+        result.recommendations = []
+        return Applied(result, records, recommended, collect(self.store, windows), self.applied_offsets())
 
     def freeze_heap(self) -> None:
         """``gc.freeze()`` the owner's long-lived objects (see WorkerMetrics.freeze_heap)."""

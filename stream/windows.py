@@ -28,6 +28,9 @@ class UserWindow(Generic[H]):
     handles: list[H] = field(default_factory=list)
     first_window_end_ms: int = 0
 
+    def __reduce__(self) -> tuple:
+        return (UserWindow, (self.user_id, self.events, self.handles, self.first_window_end_ms))  # see Event.__reduce__
+
 
 class WindowBuffer(Generic[H]):
     """Buffers events per user until their tumbling window closes.

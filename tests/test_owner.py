@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from uuid import uuid4
 
 import numpy as np
+import orjson
 import pytest
 
 from stream.app import _raw_of
@@ -81,8 +82,10 @@ def test_the_child_applies_windows_exactly_as_the_thread(both):
     (_, upserted_t, thread, _, _), (_, upserted_p, child, _, _) = both["thread"], both["process"]
     assert upserted_t == upserted_p == (len(ITEMS), len(ITEMS))
     assert (child.result.applied, child.result.users) == (thread.result.applied, thread.result.users) == (5, 2)
-    assert [r["user_id"] for r in child.result.recommendations] == ["alice", "bob"]
-    for a, b in zip(thread.result.recommendations, child.result.recommendations):
+    assert [key for key, _ in child.records] == [b"alice", b"bob"] and child.recommended == ["alice", "bob"]
+    recs = {kind: [orjson.loads(value) for _, value in applied.records] for kind, applied in (("thread", thread), ("process", child))}
+    assert [r["user_id"] for r in recs["process"]] == ["alice", "bob"]
+    for a, b in zip(recs["thread"], recs["process"]):
         assert [i["item_id"] for i in a["items"]] == [i["item_id"] for i in b["items"]]
         np.testing.assert_allclose([i["score"] for i in a["items"]], [i["score"] for i in b["items"]], atol=1e-6)
     assert [p for p, _, _ in child.snapshot] == [0, 0] and len(child.snapshot[0][2]) > 100
