@@ -18,7 +18,6 @@ from collections import Counter
 from typing import Any
 
 import faust
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.catalog import InvalidItem, parse_item
