@@ -163,15 +163,24 @@ class Changelog:
         self._delivered: dict[int, int] = {}  #: partition -> offset after our last delivered record
         self._checkpoint_s = checkpoint_s
         self._checkpointed = time.monotonic()
+        self._checkpointing: asyncio.Future | None = None  #: the checkpoint in flight, if any
 
     async def publish(self, records: list[tuple[int, bytes, bytes]]) -> int:
         """Send ``records`` (from :func:`collect`) and wait until the broker has them all."""
         sent = await send_batched(self.topic.app, self.name, records)  # one batch per partition
         for batch, meta in zip(sent, await asyncio.gather(*(b.future for b in sent))):
             self._delivered[batch.partition] = max(self._delivered.get(batch.partition, 0), batch.next_offset(meta))
-        if time.monotonic() - self._checkpointed >= self._checkpoint_s:
-            await self.checkpoint()
+        if time.monotonic() - self._checkpointed >= self._checkpoint_s and self._checkpointing is None:
+            # In the background: the owner runs it after every flush queued before it, and
+            # the acks must not wait for those (a catch-up slice's: ~2 s, BENCHMARKS.md).
+            self._checkpointing = asyncio.ensure_future(self.checkpoint())
+            self._checkpointing.add_done_callback(self._checkpoint_done)
         return len(records)
+
+    def _checkpoint_done(self, task: asyncio.Future) -> None:
+        self._checkpointing = None
+        if not task.cancelled() and task.exception() is not None:  # the next one retries
+            log.warning("changelog checkpoint failed: %s", task.exception())
 
     async def checkpoint(self) -> None:
         """Store the positions after this worker's own delivered records (see the module doc)."""
@@ -281,6 +290,8 @@ class Changelog:
     async def stop(self) -> None:
         """Checkpoint, then close the restore consumer."""
         try:
+            if self._checkpointing is not None:
+                await asyncio.wait([self._checkpointing])  # its failure is logged; this one retries
             await self.checkpoint()
         finally:
             await self._close_consumer()

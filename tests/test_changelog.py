@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from store_helpers import make_profile  # noqa: E402
 from store import (  # noqa: E402
     LmdbStore, RecordError, decode_changelog, encode_changelog, encode_history, encode_profile,
 )
-from stream.changelog import advance_positions, collect, holds_more, merge  # noqa: E402
+from stream.changelog import Changelog, advance_positions, collect, holds_more, merge  # noqa: E402
 from stream.events import Event  # noqa: E402
 from stream.windows import UserWindow  # noqa: E402
 
@@ -112,6 +114,36 @@ def test_checkpoints_only_raise_restore_positions(tmp_path: Path):
     with store.read() as r:
         assert r.get_offsets() == {("cl", 0): 10, ("cl", 1): 8, ("cl", 2): 1}
     store.close()
+
+
+def test_publish_does_not_wait_for_the_checkpoint_and_stop_does():
+    """The checkpoint queues behind every flush already sent to the store's owner; the
+    acks after a publish must not wait for them. Stop waits, then checkpoints once more."""
+
+    async def scenario() -> None:
+        held = asyncio.Event()
+        calls: list[tuple] = []
+
+        async def run_on_owner(fn, *args):  # the owner, still busy with earlier flushes
+            calls.append((fn, *args))
+            await held.wait()
+
+        app = SimpleNamespace(producer=SimpleNamespace(_ensure_producer=lambda: None))
+        changelog = Changelog(SimpleNamespace(get_topic_name=lambda: "cl", app=app), ["t"], {}, run_on_owner, checkpoint_s=0.0)
+        changelog.opened = True
+        changelog._delivered = {0: 5}  # as after a delivered publish
+        await asyncio.wait_for(changelog.publish([]), 1.0)  # returns while the checkpoint waits
+        assert calls == [(advance_positions, "cl", {0: 5})]
+        await changelog.publish([])
+        assert len(calls) == 1  # one in flight at a time
+        stopping = asyncio.ensure_future(changelog.stop())
+        await asyncio.sleep(0.05)
+        assert not stopping.done() and len(calls) == 1
+        held.set()
+        await asyncio.wait_for(stopping, 1.0)
+        assert len(calls) == 2  # stop's own checkpoint, after the one in flight
+
+    asyncio.run(scenario())
 
 
 def test_collect_sends_stored_profiles_to_their_input_partition(tmp_path: Path):
