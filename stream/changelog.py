@@ -142,8 +142,8 @@ class Changelog:
     :param inputs: the input topic names, to pick input partitions out of an assignment.
     :param run: ``run(fn, *args)`` awaits ``fn(store, *args)`` run by the store's single owner
         (stream.owner), the worker's only writer.
-    :param checkpoint_s: how often :meth:`publish` stores the positions after this worker's
-        own delivered records (one small extra LMDB commit).
+    :param checkpoint_s: how often :meth:`publish` starts storing, in the background, the
+        positions after this worker's own delivered records (one small extra LMDB commit).
     Call :meth:`open` once the owner opened the store; restores wait for it.
     """
 
